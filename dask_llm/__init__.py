@@ -1,0 +1,42 @@
+"""dask-llm: enrich large dataframes with LLM output.
+
+>>> import dask_llm
+>>> out = dask_llm.enrich(ddf, prompt="Classify: {text}", column="label",
+...                       model="gpt-4o-mini")          # doctest: +SKIP
+
+Importing the package also registers the ``.llm`` accessor on pandas and
+dask DataFrames.
+"""
+
+from . import _accessor  # noqa: F401  (registers df.llm)
+from ._api import enrich
+from ._config import Endpoint, RetryPolicy
+from ._errors import (
+    AuthenticationError,
+    ConfigError,
+    DaskLLMError,
+    EndpointError,
+    EndpointUnreachableError,
+    ModelNotFoundError,
+    RowError,
+    TemplateError,
+)
+from ._schema import OutputColumns
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "DaskLLMError",
+    "Endpoint",
+    "EndpointError",
+    "EndpointUnreachableError",
+    "ModelNotFoundError",
+    "OutputColumns",
+    "RetryPolicy",
+    "RowError",
+    "TemplateError",
+    "__version__",
+    "enrich",
+]

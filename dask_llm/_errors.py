@@ -1,0 +1,79 @@
+"""The exceptions dask-llm raises.
+
+::
+
+    DaskLLMError
+     ├── ConfigError            bad arguments, caught by ``enrich()`` before any call
+     │    └── TemplateError     a prompt names a column the frame does not have
+     ├── EndpointError          the endpoint fails every row alike; retrying rows cannot help
+     │    ├── AuthenticationError      credentials refused (401/403) or quota gone
+     │    ├── ModelNotFoundError       the endpoint does not serve the model (404)
+     │    └── EndpointUnreachableError consecutive rows could not connect at all
+     └── RowError               a row failed and ``on_error="raise"`` was asked for
+
+A failed row is *data* by default: its message lands in the error column and
+the job goes on. Only endpoint-wide failures and ``on_error="raise"`` stop a
+job. Every exception keeps its attributes through pickling, so the message a
+worker process raises is the one the user sees.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "DaskLLMError",
+    "EndpointError",
+    "EndpointUnreachableError",
+    "ModelNotFoundError",
+    "RowError",
+    "TemplateError",
+]
+
+
+class DaskLLMError(Exception):
+    """Base class of every error dask-llm raises on purpose."""
+
+
+class ConfigError(DaskLLMError, ValueError):
+    """An argument is wrong; raised before any model call is made."""
+
+
+class TemplateError(ConfigError, KeyError):
+    """A prompt template is malformed or names a missing column."""
+
+    def __str__(self) -> str:
+        # KeyError would print the message wrapped in quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class EndpointError(DaskLLMError):
+    """The endpoint cannot serve this job; every row would fail alike."""
+
+
+class AuthenticationError(EndpointError):
+    """The endpoint refused the credentials, or the account has no quota."""
+
+
+class ModelNotFoundError(EndpointError):
+    """The endpoint answered 404: wrong model name, deployment or base URL."""
+
+
+class EndpointUnreachableError(EndpointError):
+    """Consecutive rows could not open a connection to the endpoint."""
+
+
+class RowError(DaskLLMError):
+    """A row failed after its retries while ``on_error="raise"``.
+
+    Attributes
+    ----------
+    row : object
+        The index label of the row in its input frame.
+    """
+
+    row: object = None
+
+    def __init__(self, message: str, row: object = None) -> None:
+        super().__init__(message)
+        self.row = row

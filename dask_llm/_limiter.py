@@ -1,0 +1,61 @@
+"""The seam between the runner and a request budget.
+
+The runner asks a limiter for permission before every attempt and tells it
+what each attempt cost and what the provider said. :class:`Unlimited` is the
+limiter of a job without a budget: it permits everything at no cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+__all__ = ["Limiter", "Unlimited"]
+
+
+class Limiter(Protocol):
+    """What the runner needs from a request budget."""
+
+    def lease(self) -> contextlib.AbstractContextManager[None]:
+        """A concurrency slot, held by one runner thread for a whole run of
+        requests (taking one per request would cost a round trip each)."""
+        ...
+
+    def acquire(self, tokens: int) -> None:
+        """Block until one request estimated at ``tokens`` tokens may start."""
+        ...
+
+    def settle(self, reserved: int, used: int | None) -> None:
+        """Reconcile a reservation with the tokens the response reported
+        (``None``: the attempt failed before the provider counted anything)."""
+        ...
+
+    def penalize(self, retry_after: float | None) -> None:
+        """A 429 was answered: slow everyone down, for ``retry_after`` seconds
+        when the provider said so."""
+        ...
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Headers of an answer, e.g. ``x-ratelimit-remaining-requests``."""
+        ...
+
+
+class Unlimited:
+    """A limiter that never waits."""
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        yield
+
+    def acquire(self, tokens: int) -> None:
+        pass
+
+    def settle(self, reserved: int, used: int | None) -> None:
+        pass
+
+    def penalize(self, retry_after: float | None) -> None:
+        pass
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        pass

@@ -1,0 +1,263 @@
+"""Run one partition: rows -> budgeted, retried calls -> result columns.
+
+A partition is served by a pool of ``threads`` threads that pull row numbers
+from a shared iterator, so at most ``threads`` requests exist at any time
+whatever the partition's size. Each thread holds one budget lease for its
+whole run of rows.
+
+What stops a partition early:
+
+- an endpoint-wide failure (bad credentials, unknown model, nothing
+  answering for several consecutive rows): one clear :class:`EndpointError`
+  instead of a column full of identical errors;
+- with ``on_error="raise"``, the first row that fails after its retries.
+
+Every other failure is data: the row's error column says what happened.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from ._client import Failure, Kind, classify, complete
+from ._config import Endpoint, RetryPolicy
+from ._errors import (
+    AuthenticationError,
+    EndpointUnreachableError,
+    ModelNotFoundError,
+    RowError,
+)
+from ._limiter import Limiter, Unlimited
+from ._prompt import Prompt
+from ._schema import OutputColumns
+from ._tokens import estimate_request_tokens
+
+__all__ = ["Job", "Outcome", "enrich_partition", "run_rows"]
+
+#: Consecutive rows that failed to connect at all before the endpoint is
+#: declared unreachable (fewer when the partition is smaller).
+UNREACHABLE_AFTER = 5
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """Everything a partition needs; travels inside the task graph."""
+
+    prompt: Prompt
+    outputs: OutputColumns
+    model: str
+    endpoint: Endpoint
+    params: Mapping[str, Any] = field(default_factory=dict)
+    threads: int = 16
+    retry: RetryPolicy = RetryPolicy()
+    on_error: Literal["store", "raise"] = "store"
+
+    def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"model": self.model, "messages": messages, **self.params}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one row."""
+
+    text: str | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempts: int = 0
+    latency: float = math.nan
+    could_not_connect: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def enrich_partition(frame: pd.DataFrame, job: Job, limiter: Limiter | None = None) -> pd.DataFrame:
+    """The input partition with the output columns of ``job`` appended.
+
+    This is the function ``enrich`` maps over partitions.
+    """
+    requests = [job.request(m) for m in job.prompt.render(frame)]
+    outcomes: list[Outcome] = [Outcome()] * len(requests)
+
+    def store(i: int, outcome: Outcome) -> None:
+        outcomes[i] = outcome
+
+    run_rows(requests, range(len(requests)), job, store, limiter or Unlimited(), labels=frame.index)
+    return pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
+
+
+def to_columns(outcomes: Sequence[Outcome], cols: OutputColumns, index: pd.Index) -> pd.DataFrame:
+    """Outcomes as the output columns, with the fixed dtypes."""
+    data = {
+        cols.value: [o.text for o in outcomes],
+        cols.error: [o.error for o in outcomes],
+        cols.prompt_tokens: [o.prompt_tokens for o in outcomes],
+        cols.completion_tokens: [o.completion_tokens for o in outcomes],
+        cols.attempts: [o.attempts for o in outcomes],
+        cols.latency: [o.latency for o in outcomes],
+    }
+    return pd.DataFrame(
+        {name: pd.array(data[name], dtype=dtype) for name, dtype in cols.dtypes.items()},
+        index=index,
+    )
+
+
+def run_rows(
+    requests: Sequence[dict[str, Any]],
+    rows: Sequence[int],
+    job: Job,
+    on_outcome: Callable[[int, Outcome], None],
+    limiter: Limiter,
+    labels: Sequence[Any] | None = None,
+) -> None:
+    """Call the model for ``requests[i]`` for each ``i`` in ``rows``, with
+    ``job.threads`` threads, and hand every outcome to ``on_outcome(i, outcome)``
+    (from the thread that made the call) as soon as it is known.
+
+    Raises the first endpoint-wide error, or with ``on_error="raise"`` the
+    first :class:`RowError`; the outcomes handed over before it stand.
+    """
+    if not rows:
+        return
+    _Pool(requests, rows, job, on_outcome, limiter, labels).run()
+
+
+class _Pool:
+    def __init__(
+        self,
+        requests: Sequence[dict[str, Any]],
+        rows: Sequence[int],
+        job: Job,
+        on_outcome: Callable[[int, Outcome], None],
+        limiter: Limiter,
+        labels: Sequence[Any] | None,
+    ) -> None:
+        self.requests = requests
+        self.job = job
+        self.on_outcome = on_outcome
+        self.limiter = limiter
+        self.labels = labels
+        self.n_threads = max(1, min(job.threads, len(rows)))
+        self.unreachable_after = min(UNREACHABLE_AFTER, len(rows))
+        self._rows = iter(rows)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._connect_streak = 0
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True)
+            for k in range(self.n_threads)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            # Short joins keep the calling thread responsive to Ctrl+C.
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:
+            self._stop.set()
+            raise
+        if self._error is not None:
+            raise self._error
+
+    def _next_row(self) -> int | None:
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            return next(self._rows, None)
+
+    def _work(self) -> None:
+        rng = random.Random()
+        try:
+            with self.limiter.lease():
+                while (i := self._next_row()) is not None:
+                    outcome = self._call(self.requests[i], rng)
+                    self._settle_row(i, outcome)
+        except BaseException as exc:  # handed to the calling thread by run()
+            with self._lock:
+                if self._error is None:
+                    self._error = exc
+            self._stop.set()
+
+    def _call(self, request: dict[str, Any], rng: random.Random) -> Outcome:
+        job, limiter = self.job, self.limiter
+        reserve = estimate_request_tokens(request)
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            limiter.acquire(reserve)
+            try:
+                answer = complete(job.endpoint, request)
+            except Exception as exc:
+                failure = classify(exc)
+            else:
+                used = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
+                limiter.settle(reserve, used)
+                limiter.observe(answer.headers)
+                return Outcome(
+                    text=answer.text,
+                    prompt_tokens=answer.prompt_tokens,
+                    completion_tokens=answer.completion_tokens,
+                    attempts=attempt,
+                    latency=time.monotonic() - start,
+                )
+            limiter.settle(reserve, None)
+            if failure.headers is not None:
+                limiter.observe(failure.headers)
+            if failure.kind is Kind.RATE_LIMITED:
+                limiter.penalize(failure.retry_after)
+            self._raise_if_endpoint_wide(failure)
+            give_up = not failure.retryable or attempt >= job.retry.max_attempts
+            if give_up or self._stop.wait(job.retry.delay(attempt, failure.retry_after, rng)):
+                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                return Outcome(
+                    error=failure.message + tries,
+                    attempts=attempt,
+                    latency=time.monotonic() - start,
+                    could_not_connect=failure.kind is Kind.CONNECTION,
+                )
+
+    def _raise_if_endpoint_wide(self, failure: Failure) -> None:
+        where = self.job.endpoint.display_url
+        if failure.kind is Kind.AUTH:
+            raise AuthenticationError(
+                f"{where} refused the request: {failure.message}. Check the API key "
+                f"(Endpoint(api_key=...) or OPENAI_API_KEY) and the account's quota."
+            )
+        if failure.kind is Kind.NOT_FOUND:
+            raise ModelNotFoundError(
+                f"{where} answered 404 for model {self.job.model!r}: {failure.message}. "
+                f"Check the model (or Azure deployment) name and the base URL."
+            )
+
+    def _settle_row(self, i: int, outcome: Outcome) -> None:
+        if self._stop.is_set() and not outcome.ok:
+            return  # cut short because another thread stopped the pool
+        with self._lock:
+            self._connect_streak = self._connect_streak + 1 if outcome.could_not_connect else 0
+            unreachable = self._connect_streak >= self.unreachable_after
+        if unreachable:
+            raise EndpointUnreachableError(
+                f"cannot reach {self.job.endpoint.display_url}: {self._connect_streak} "
+                f"consecutive rows failed to connect, {self.job.retry.max_attempts} attempts "
+                f"each; last error: {outcome.error}"
+            )
+        self.on_outcome(i, outcome)
+        if not outcome.ok and self.job.on_error == "raise":
+            label = self.labels[i] if self.labels is not None else i
+            raise RowError(f"row {label!r} failed: {outcome.error}", row=label)
+

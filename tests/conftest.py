@@ -1,0 +1,58 @@
+"""Shared fixtures: simulators and clusters that tests start and stop themselves.
+
+Every server binds 127.0.0.1 on a free port (port 0) and is stopped at
+teardown; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dask_llm import Endpoint
+from dask_llm.simulator import Simulator, SimulatorConfig
+
+API_KEY = "test-key"
+
+
+@pytest.fixture
+def start_sim() -> Iterator[Callable[..., Simulator]]:
+    """Start in-process simulators with the given config fields; all are
+    stopped at teardown."""
+    started: list[Simulator] = []
+
+    def start(**config: object) -> Simulator:
+        config.setdefault("api_key", API_KEY)
+        sim = Simulator(SimulatorConfig(**config))  # type: ignore[arg-type]
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(start_sim: Callable[..., Simulator]) -> Simulator:
+    """A fast, faultless simulator that echoes the user message."""
+    return start_sim(mode="echo")
+
+
+def endpoint_for(sim: Simulator, **overrides: object) -> Endpoint:
+    fields: dict[str, object] = {"base_url": sim.url, "api_key": API_KEY, "timeout": 10.0}
+    fields.update(overrides)
+    return Endpoint(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def process_cluster() -> Iterator[object]:
+    """A LocalCluster of 2 worker *processes* and a Client on it, shared by
+    the tests of a module (starting one takes seconds)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        yield client
