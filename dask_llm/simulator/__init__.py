@@ -1,0 +1,35 @@
+"""An OpenAI-compatible HTTP simulator for tests, demos and benchmarks.
+
+It answers chat completions deterministically (see :func:`expected_answer`),
+counts tokens with its own tokenizer, and simulates latency, provider rate
+limits, faults, API keys and model lists. Run it in-process
+(:class:`Simulator`), in a child process (:meth:`Simulator.subprocess`), or
+from the command line with ``python -m dask_llm.simulator``.
+
+Examples
+--------
+>>> import openai
+>>> from dask_llm.simulator import Simulator, SimulatorConfig, expected_answer
+>>> messages = [{"role": "user", "content": "Which service stores blobs?"}]
+>>> with Simulator(SimulatorConfig(rpm=600)) as sim:
+...     client = openai.OpenAI(base_url=sim.url, api_key="k")
+...     reply = client.chat.completions.create(model="m", messages=messages)
+>>> reply.choices[0].message.content == expected_answer(messages)
+True
+"""
+
+from ._answers import count_tokens, expected_answer, prompt_tokens
+from ._config import DEFAULT_LABELS, SimulatorConfig
+from ._handles import Simulator, SimulatorProcess
+from ._ratelimit import format_duration
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorProcess",
+    "count_tokens",
+    "expected_answer",
+    "format_duration",
+    "prompt_tokens",
+]
