@@ -10,9 +10,11 @@ dask DataFrames.
 
 from . import _accessor  # noqa: F401  (registers df.llm)
 from ._api import enrich
+from ._budget import Budget
 from ._config import Endpoint, RetryPolicy
 from ._errors import (
     AuthenticationError,
+    CheckpointError,
     ConfigError,
     DaskLLMError,
     EndpointError,
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Budget",
+    "CheckpointError",
     "ConfigError",
     "DaskLLMError",
     "Endpoint",

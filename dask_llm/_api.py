@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, overload
 
 import dask.dataframe as dd
 import pandas as pd
 
+from ._budget import Budget
+from ._checkpoint import open_checkpoint
 from ._config import Endpoint, RetryPolicy
 from ._errors import ConfigError
+from ._manifest import RunSpec
 from ._prompt import Prompt
 from ._runner import Job, enrich_partition
 from ._schema import OutputColumns
@@ -42,6 +47,11 @@ def enrich(
     params: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     on_error: Literal["store", "raise"] = "store",
+    budget: Budget | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    retry_errors: bool = False,
+    overwrite: bool = False,
 ) -> Frame:
     """Add a column of LLM answers, one chat completion per row.
 
@@ -78,6 +88,33 @@ def enrich(
         ``"store"``: a row that fails after its retries gets its error in the
         error column and the job goes on. ``"raise"``: the first such row
         fails the job with :class:`RowError`.
+    budget : Budget, optional
+        Limits shared by every call of the job across the whole cluster:
+        calls in flight, requests and tokens per minute, and a cool-down
+        that a 429 imposes on every worker. Pass the same :class:`Budget`
+        (or one with the same name) to several enrichments to make them share
+        it. Without a ``distributed`` client it is enforced in-process.
+        Default: no limit besides ``threads`` per partition.
+    checkpoint : str or path-like, optional
+        A directory on any fsspec filesystem (local path, ``"s3://bucket/run/"``,
+        ``"memory://..."``) that makes the job resumable: each finished
+        partition is committed there atomically as a Parquet file, and finished
+        rows of unfinished partitions are journaled as they come. Running the
+        same enrichment again with the same checkpoint calls the model only for
+        rows it does not hold. The directory reads back as one dataset with
+        ``dd.read_parquet(checkpoint)`` (input columns, index and output
+        columns). Every worker must be able to reach it: on a cluster of
+        several machines, use shared storage.
+    storage_options : mapping, optional
+        fsspec options for ``checkpoint`` (credentials, ``client_kwargs``, ...);
+        they travel to the workers with the job.
+    retry_errors : bool
+        With ``checkpoint``: call again the rows whose stored outcome is an
+        error, instead of keeping the error.
+    overwrite : bool
+        With ``checkpoint``: discard the run stored there (its partitions and
+        journal; other files are left alone) and start a new one. Needed when
+        the prompt, system message, model, parameters or column changed.
 
     Returns
     -------
@@ -100,12 +137,29 @@ def enrich(
     EndpointError
         At compute time, when the endpoint fails every row alike (credentials
         refused, unknown model, nothing answering).
+    CheckpointError
+        Here, before any call: ``checkpoint`` cannot be written, or holds
+        another run (and ``overwrite`` is not set). At compute time: a commit
+        or journal write failed. Rows saved before it stand.
+
+    Notes
+    -----
+    A crash (killed driver or worker, Ctrl+C, an endpoint error) loses at most
+    the calls in flight plus the finished rows not yet journaled: a chunk is
+    written every ``dask-llm.checkpoint.journal-rows`` rows (default 16) or
+    ``dask-llm.checkpoint.journal-interval`` (default ``"5s"``), dask config
+    settings read by ``enrich()``. With ``journal-rows`` 1, only calls in
+    flight are lost.
     """
     job = _make_job(
         df, prompt, column, model, endpoint=endpoint, system=system, threads=threads,
         temperature=temperature, max_tokens=max_tokens, params=params, retry=retry,
         on_error=on_error,
     )
+    if budget is not None and not isinstance(budget, Budget):
+        raise ConfigError(f"budget= must be a dask_llm.Budget, got {type(budget).__name__}")
+    job = dataclasses.replace(job, budget=budget)
+    job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite)
     if isinstance(df, pd.DataFrame):
         return enrich_partition(df, job)
     meta = pd.concat([df._meta, job.outputs.empty(df._meta.index)], axis=1)
@@ -161,3 +215,33 @@ def _make_job(
         retry=retry or RetryPolicy(),
         on_error=on_error,  # type: ignore[arg-type]
     )
+
+
+def _with_checkpoint(
+    job: Job,
+    df: Any,
+    checkpoint: str | os.PathLike[str] | None,
+    storage_options: Mapping[str, Any] | None,
+    retry_errors: bool,
+    overwrite: bool,
+) -> Job:
+    """``job`` with its checkpoint opened and checked. Runs last in ``enrich()``:
+    the probe and manifest writes happen only once every other argument is good."""
+    if checkpoint is None:
+        if storage_options is not None or retry_errors or overwrite:
+            raise ConfigError("storage_options=, retry_errors= and overwrite= need checkpoint=")
+        return job
+    if not isinstance(checkpoint, (str, os.PathLike)) or not os.fspath(checkpoint):
+        raise ConfigError(f"checkpoint= must be a path or URL, got {checkpoint!r}")
+    spec = RunSpec(
+        prompt=job.prompt.template,
+        system=job.prompt.system,
+        model=job.model,
+        params=job.params,
+        columns={name: str(dtype) for name, dtype in job.outputs.dtypes.items()},
+    )
+    opened = open_checkpoint(
+        checkpoint, storage_options, spec, retry_errors=bool(retry_errors),
+        overwrite=bool(overwrite), npartitions=getattr(df, "npartitions", 1),
+    )
+    return dataclasses.replace(job, checkpoint=opened)

@@ -9,6 +9,7 @@
      │    ├── AuthenticationError      credentials refused (401/403) or quota gone
      │    ├── ModelNotFoundError       the endpoint does not serve the model (404)
      │    └── EndpointUnreachableError consecutive rows could not connect at all
+     ├── CheckpointError        the checkpoint cannot be written, or holds another run
      └── RowError               a row failed and ``on_error="raise"`` was asked for
 
 A failed row is *data* by default: its message lands in the error column and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CheckpointError",
     "ConfigError",
     "DaskLLMError",
     "EndpointError",
@@ -61,6 +63,16 @@ class ModelNotFoundError(EndpointError):
 
 class EndpointUnreachableError(EndpointError):
     """Consecutive rows could not open a connection to the endpoint."""
+
+
+class CheckpointError(DaskLLMError):
+    """The checkpoint storage cannot be used.
+
+    Raised by ``enrich()`` before any call when the checkpoint path cannot be
+    written or holds a different run (another prompt, model or parameters),
+    and at compute time when a commit or journal write fails. The storage
+    error that caused it, if any, is chained as ``__cause__``.
+    """
 
 
 class RowError(DaskLLMError):

@@ -27,8 +27,11 @@ class Limiter(Protocol):
         ...
 
     def settle(self, reserved: int, used: int | None) -> None:
-        """Reconcile a reservation with the tokens the response reported
-        (``None``: the attempt failed before the provider counted anything)."""
+        """Reconcile a reservation with the tokens the provider counted
+        against its limit, from the response's ``usage`` (the prompt, plus
+        ``max_tokens`` when the request set it, since providers reserve it
+        at admission; else the completion). ``None``: the attempt failed
+        before the provider counted anything."""
         ...
 
     def penalize(self, retry_after: float | None) -> None:

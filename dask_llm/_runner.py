@@ -17,6 +17,7 @@ Every other failure is data: the row's error column says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
@@ -27,6 +28,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from ._budget import Budget, limiter_for
+from ._checkpoint import Checkpoint
 from ._client import Failure, Kind, classify, complete
 from ._config import Endpoint, RetryPolicy
 from ._errors import (
@@ -35,7 +38,7 @@ from ._errors import (
     ModelNotFoundError,
     RowError,
 )
-from ._limiter import Limiter, Unlimited
+from ._limiter import Limiter
 from ._prompt import Prompt
 from ._schema import OutputColumns
 from ._tokens import estimate_request_tokens
@@ -59,6 +62,8 @@ class Job:
     threads: int = 16
     retry: RetryPolicy = RetryPolicy()
     on_error: Literal["store", "raise"] = "store"
+    checkpoint: Checkpoint | None = None
+    budget: Budget | None = None
 
     def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": self.model, "messages": messages, **self.params}
@@ -81,19 +86,44 @@ class Outcome:
         return self.error is None
 
 
-def enrich_partition(frame: pd.DataFrame, job: Job, limiter: Limiter | None = None) -> pd.DataFrame:
+def enrich_partition(
+    frame: pd.DataFrame,
+    job: Job,
+    limiter: Limiter | None = None,
+    partition_info: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """The input partition with the output columns of ``job`` appended.
 
-    This is the function ``enrich`` maps over partitions.
+    This is the function ``enrich`` maps over partitions. With a checkpoint,
+    rows it already holds are not called again, finished rows are journaled
+    as they come, and the result is committed at the end.
     """
-    requests = [job.request(m) for m in job.prompt.render(frame)]
+    messages = job.prompt.render(frame)
+    requests = [job.request(m) for m in messages]
     outcomes: list[Outcome] = [Outcome()] * len(requests)
 
-    def store(i: int, outcome: Outcome) -> None:
-        outcomes[i] = outcome
+    # Checkpoint: rows already paid for (committed or journaled) are not called again.
+    ckpt = job.checkpoint
+    saved = ckpt.partition(frame, messages, job.outputs, partition_info) if ckpt else None
+    done = saved.finished() if saved is not None else {}
+    for i, record in done.items():
+        outcomes[i] = Outcome(**record)
+    todo = [i for i in range(len(requests)) if i not in done]
+    if saved is not None and saved.committed and not todo:
+        return pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
 
-    run_rows(requests, range(len(requests)), job, store, limiter or Unlimited(), labels=frame.index)
-    return pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
+    with saved.journal() if saved is not None else contextlib.nullcontext() as journal:
+
+        def store(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+            if journal is not None:
+                journal.add(i, outcome)
+
+        run_rows(requests, todo, job, store, limiter or limiter_for(job.budget), labels=frame.index.tolist())
+    result = pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
+    if saved is not None:
+        saved.commit(result)
+    return result
 
 
 def to_columns(outcomes: Sequence[Outcome], cols: OutputColumns, index: pd.Index) -> pd.DataFrame:
@@ -205,8 +235,8 @@ class _Pool:
             except Exception as exc:
                 failure = classify(exc)
             else:
-                used = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
-                limiter.settle(reserve, used)
+                counted = _counted_tokens(request, answer.prompt_tokens, answer.completion_tokens, reserve)
+                limiter.settle(reserve, counted)
                 limiter.observe(answer.headers)
                 return Outcome(
                     text=answer.text,
@@ -261,3 +291,16 @@ class _Pool:
             label = self.labels[i] if self.labels is not None else i
             raise RowError(f"row {label!r} failed: {outcome.error}", row=label)
 
+
+def _counted_tokens(request: Mapping[str, Any], prompt: int | None, completion: int | None, reserved: int) -> int:
+    """Tokens the provider counted against its TPM limit for an answer.
+
+    Providers reserve ``max_tokens`` at admission and do not give back what
+    the answer left unused (the simulator does the same), so a budget that
+    refunded it would overrun the limit. Without ``usage``, the reservation
+    stands.
+    """
+    if prompt is None and completion is None:
+        return reserved
+    cap = request.get("max_completion_tokens") or request.get("max_tokens")
+    return (prompt or 0) + max(completion or 0, int(cap or 0))

@@ -1,0 +1,409 @@
+"""The cluster-wide request budget: concurrency, RPM, TPM, cool-down.
+
+Limits are checked on what the simulator saw arrive (``success_times``):
+in no sliding window may more arrive than the budget's rate allows plus its
+burst. Where the simulator itself is unlimited, that checks dask-llm's
+budget, not the simulator's; where it enforces the same limit, 429s must
+stay rare. Anything about a cluster uses real worker processes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+
+import dask_llm
+from dask_llm import Budget, ConfigError
+from dask_llm._budget_alloc import GRACE, Allocator
+from dask_llm._budget_plugin import PUSH_OP, BudgetPlugin
+from dask_llm._runner import _counted_tokens
+from dask_llm.simulator import Simulator, expected_answer
+
+from .conftest import endpoint_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def frame(n: int, tag: str = "row") -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"{tag} {i}" for i in range(n)]})
+
+
+def busiest_window(times: Sequence[Sequence[float]], seconds: float, weight: bool = False) -> float:
+    """Most requests (or tokens charged, with ``weight``) that arrived within
+    any ``seconds``-long window."""
+    pts = sorted((t, (c if weight else 1.0)) for t, c in times)
+    best = total = 0.0
+    lo = 0
+    for hi in range(len(pts)):
+        total += pts[hi][1]
+        while pts[hi][0] - pts[lo][0] >= seconds:
+            total -= pts[lo][1]
+            lo += 1
+        best = max(best, total)
+    return best
+
+
+def allowed(per_minute: float, window: float, burst: float) -> float:
+    """What a budget of ``per_minute`` admits in ``window`` seconds at most:
+    the rate plus one burst, with 5% for clock skew between processes."""
+    return per_minute / 60 * (window + burst) * 1.05 + 2
+
+
+# -- the value object ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_concurrency": 0},
+        {"max_concurrency": 2.5},
+        {"max_concurrency": True},
+        {"rpm": 0},
+        {"rpm": -5},
+        {"tpm": float("inf")},
+        {"rpm": "100"},
+        {"name": ""},
+        {"burst": 0},
+    ],
+)
+def test_budget_rejects_bad_limits(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Budget(**kwargs)
+
+
+def test_budget_identity_and_defaults() -> None:
+    a, b = Budget(rpm=100), Budget(rpm=100)
+    # Two budgets are two budgets unless they are given one name.
+    assert a.name != b.name and a != b
+    assert Budget(rpm=100, name="acct") == Budget(rpm=100, name="acct")
+    # It travels inside the task graph.
+    assert pickle.loads(pickle.dumps(a)) == a and hash(a) == hash(pickle.loads(pickle.dumps(a)))
+    # Adaptive exactly when no limit is known.
+    assert Budget().adaptive is True
+    assert Budget(rpm=10).adaptive is False and Budget(tpm=10).adaptive is False
+    assert Budget(adaptive=True, rpm=10).adaptive is True
+
+
+def test_enrich_rejects_a_budget_of_the_wrong_type(sim: Simulator) -> None:
+    with pytest.raises(ConfigError, match="budget="):
+        bad: Any = {"rpm": 10}
+        dask_llm.enrich(frame(2), "{text}", "a", "m", endpoint=endpoint_for(sim), budget=bad)
+
+
+def test_tokens_counted_as_the_provider_counts_them() -> None:
+    req = {"messages": [], "max_tokens": 50}
+    # max_tokens is reserved at admission and not given back for a short answer.
+    assert _counted_tokens(req, 10, 3, reserved=99) == 60
+    assert _counted_tokens({"messages": []}, 10, 3, reserved=99) == 13
+    # No usage in the response: the reservation stands.
+    assert _counted_tokens(req, None, None, reserved=99) == 99
+
+
+# -- the allocator (scheduler side), on a fake clock --------------------------------
+
+
+def test_shares_never_add_up_to_more_than_the_limit() -> None:
+    alloc = Allocator(rpm=600, tpm=60_000, adaptive=False, now=0.0, max_concurrency=16)
+    a, _ = alloc.lease("a", demand=8, now=0.0)
+    assert (a.rpm, a.tpm, a.slots) == (600, 60_000, 16)
+    b, pushed = alloc.lease("b", demand=8, now=1.0)
+    # The newcomer's share is carved out of a's at once, by a push.
+    assert b.rpm == 300 and pushed["a"].rpm == 300 and pushed["a"].tpm == 30_000
+    c, pushed = alloc.lease("c", demand=16, now=2.0)
+    assert c.rpm == 300 and {h: g.rpm for h, g in pushed.items()} == {"a": 150, "b": 150}
+    # Fair parts of the concurrency slots, by the same weights.
+    assert (c.slots, pushed["a"].slots) == (8, 4)
+    # b leaves: its share goes to the others.
+    pushed = alloc.release("b", now=3.0)
+    assert {h: g.rpm for h, g in pushed.items()} == {"a": 200, "c": 400}
+    # A holder that stops renewing (a wedged or dead worker) loses its share.
+    later = 2.0 + alloc.ttl + GRACE + 0.1
+    assert alloc.lease("a", demand=8, now=later)[0].rpm == 600
+
+
+def test_a_429_pauses_every_other_holder() -> None:
+    alloc = Allocator(rpm=600, tpm=None, adaptive=False, now=0.0)
+    for h in "abc":
+        alloc.lease(h, demand=4, now=0.0)
+    pushed = alloc.penalize("a", 7.0, now=1.0)
+    assert sorted(pushed) == ["b", "c"] and all(g.cooldown == 7.0 for g in pushed.values())
+    # A shorter penalty inside the running cool-down tells nobody anything new.
+    assert alloc.penalize("b", 2.0, now=2.0) == {}
+    assert alloc.lease("d", demand=1, now=3.0)[0].cooldown == pytest.approx(5.0)
+    # Fixed limits do not move on a 429.
+    assert alloc.rpm == 600
+
+
+def test_adaptive_rate_backs_off_on_429_and_probes_upward_when_clean() -> None:
+    alloc = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
+    # No limit until the provider objects.
+    alloc.lease("a", demand=4, now=1.0, observed=700.0)
+    alloc.lease("b", demand=4, now=1.0, observed=500.0)
+    assert alloc.rpm is None
+    for k in range(5):  # one overload episode, many 429s: one halving
+        alloc.penalize("a", 0.5, now=2.0 + 0.01 * k)
+    assert alloc.rpm == pytest.approx(600)
+    # Clean and held back by the budget: probe upward, one step per interval.
+    alloc.lease("a", demand=4, now=3.0, saturated=True)
+    assert alloc.rpm == pytest.approx(600)
+    alloc.lease("a", demand=4, now=5.0, saturated=True)
+    assert alloc.rpm == pytest.approx(660)
+    # Not held back by the budget: no reason to probe.
+    alloc.lease("a", demand=4, now=9.0, saturated=False)
+    assert alloc.rpm == pytest.approx(660)
+    alloc.penalize("b", 1.0, now=10.0)
+    assert alloc.rpm == pytest.approx(330)
+    # The provider's announced limit caps the rate, and then a 429 (another
+    # client of the account) costs a cool-down, not speed.
+    alloc.lease("a", demand=4, now=11.0, learned={"rpm": 200.0})
+    assert alloc.rpm == 200
+    alloc.penalize("a", 1.0, now=20.0, observed=200.0)
+    assert alloc.rpm == 200
+    capped = Allocator(rpm=300, tpm=None, adaptive=False, now=0.0)
+    capped.lease("a", demand=1, now=0.0, learned={"rpm": 500.0, "tpm": 9000.0})
+    assert (capped.rpm, capped.tpm) == (300, 9000)
+
+
+class _FakeScheduler:
+    def __init__(self, workers: Sequence[str]) -> None:
+        self.handlers: dict[str, Any] = {}
+        self.extensions: dict[str, Any] = {}
+        self.stream_comms = dict.fromkeys(workers)
+        self.periodic_callbacks: dict[str, Any] = {}
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def worker_send(self, worker: str, msg: dict[str, Any]) -> None:
+        self.sent.append((worker, msg))
+
+
+def test_scheduler_plugin_reassigns_a_dead_workers_share_and_guards_limits() -> None:
+    import asyncio
+
+    sched = _FakeScheduler(["w1", "w2"])
+    plugin = BudgetPlugin()
+
+    async def start() -> None:
+        await plugin.start(sched)
+        for pc in sched.periodic_callbacks.values():
+            pc.stop()
+
+    asyncio.run(start())
+    assert "dask_llm_budget_lease" in sched.handlers
+    limits = Budget(rpm=600, name="acct").limits()
+    plugin.lease("acct", limits, "w1", demand=4)
+    plugin.lease("acct", limits, "w2", demand=4)
+    assert sched.sent[-1][0] == "w1" and sched.sent[-1][1]["grant"]["rpm"] == 300
+    # Same name, other limits, while in use: refused.
+    with pytest.raises(ConfigError, match="acct"):
+        plugin.lease("acct", Budget(rpm=900, name="acct").limits(), "w1", demand=4)
+    # w2 dies: w1 gets the whole rate at once.
+    del sched.stream_comms["w2"]
+    plugin.remove_worker(sched, "w2")
+    worker, msg = sched.sent[-1]
+    assert (worker, msg["op"], msg["grant"]["rpm"]) == ("w1", PUSH_OP, 600)
+
+
+# -- in-process, without a cluster --------------------------------------------------
+
+
+def test_budget_holds_in_process_without_a_cluster(start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.02)  # no limit of its own
+    budget = Budget(rpm=3000, max_concurrency=6)
+    ddf = dd.from_pandas(frame(150), npartitions=3)
+    out = dask_llm.enrich(ddf, "{text}", "a", "m", endpoint=endpoint_for(sim), threads=16, budget=budget)
+    result = out.compute(scheduler="threads")
+    assert result["a"].tolist() == [f"row {i}" for i in range(150)]
+    stats = sim.stats()
+    assert stats["max_in_flight"] <= 6
+    assert busiest_window(stats["success_times"], 1.0) <= allowed(3000, 1.0, budget.burst)
+
+
+# -- on a cluster of worker processes ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """Three worker processes, two task threads each. Concurrency leases of a
+    dead worker time out after 2 s here instead of 30 s."""
+    from distributed import Client, LocalCluster
+
+    fast_leases = {
+        "distributed.scheduler.locks.lease-timeout": "2s",
+        "distributed.scheduler.locks.lease-validation-interval": "0.5s",
+    }
+    with dask.config.set(fast_leases), LocalCluster(
+        n_workers=3, threads_per_worker=2, processes=True, dashboard_address=":0"
+    ) as lc, Client(lc) as client:
+        client.wait_for_workers(3, timeout=60)
+        yield client
+
+
+def run(ddf: dd.DataFrame, sim: Simulator, budget: Budget, **kwargs: Any) -> dd.DataFrame:
+    kwargs.setdefault("threads", 16)
+    return dask_llm.enrich(ddf, "{text}", "a", "m", endpoint=endpoint_for(sim), budget=budget, **kwargs)
+
+
+def test_rpm_is_one_budget_for_all_workers(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.05)  # unlimited: only the budget holds the rate
+    budget = Budget(rpm=3000)
+    result = run(dd.from_pandas(frame(240), npartitions=6), sim, budget).compute()
+    assert result["a"].tolist() == [f"row {i}" for i in range(240)]
+    times = sim.stats()["success_times"]
+    # 3 workers x 2 partitions x 16 threads would do ~2,000 requests/s unchecked,
+    # and a per-worker budget 3x the limit.
+    for window in (1.0, 3.0):
+        assert busiest_window(times, window) <= allowed(3000, window, budget.burst)
+    # Every worker took part.
+    assert len(cluster.run_on_scheduler(_budget_stats, name=budget.name)["seen"]) == 3
+
+
+def test_provider_limit_is_met_with_rare_429s(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.05, rpm=3600, burst_seconds=2.0)
+    ddf = dd.from_pandas(frame(320), npartitions=6)
+    result = run(ddf, sim, Budget(rpm=3600)).compute()
+    stats = sim.stats()
+    assert result["a_error"].isna().all()
+    expected = [expected_answer([{"role": "user", "content": t}], "echo") for t in frame(320)["text"]]
+    assert result["a"].tolist() == expected
+    assert stats["rate_limited"] <= 0.01 * stats["requests"]
+
+
+def test_tpm_is_one_budget_for_all_workers(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.05)
+    budget = Budget(tpm=60_000)  # ~30 tokens a request: ~33 requests/s
+    ddf = dd.from_pandas(frame(200, tag="a longer row of text, number"), npartitions=6)
+    result = run(ddf, sim, budget, max_tokens=16).compute()
+    assert result["a_error"].isna().all()
+    times = sim.stats()["success_times"]
+    # Tokens as charged by the provider (prompt + max_tokens), per window.
+    for window in (1.0, 3.0):
+        assert busiest_window(times, window, weight=True) <= allowed(60_000, window, budget.burst)
+
+
+def test_concurrency_is_capped_across_workers(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    from distributed import Semaphore
+
+    sim = start_sim(mode="echo", latency=0.1)
+    budget = Budget(max_concurrency=5)
+    result = run(dd.from_pandas(frame(120), npartitions=6), sim, budget, threads=8).compute()
+    assert result["a_error"].isna().all()
+    assert 2 <= sim.stats()["max_in_flight"] <= 5
+    # Slots go back to the scheduler once the workers are idle: nothing leaks.
+    sem = Semaphore(max_leases=5, name=f"{budget.name}-slots-5")
+    deadline = time.monotonic() + 15
+    while sem.get_value() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sem.get_value() == 0
+
+
+def test_two_jobs_with_one_shared_budget(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.05)
+    shared = Budget(rpm=3000)
+    one = run(dd.from_pandas(frame(120, "first"), npartitions=3), sim, shared)
+    two = run(dd.from_pandas(frame(120, "second"), npartitions=3), sim, shared)
+    r1, r2 = dask.compute(one, two)
+    assert r1["a_error"].isna().all() and r2["a_error"].isna().all()
+    # Together, not each, within the one limit.
+    assert busiest_window(sim.stats()["success_times"], 3.0) <= allowed(3000, 3.0, shared.burst)
+
+
+def test_two_jobs_with_separate_budgets(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sims = [start_sim(mode="echo", latency=0.05) for _ in range(2)]
+    budgets = [Budget(rpm=2400), Budget(rpm=1200)]
+    jobs = [
+        run(dd.from_pandas(frame(n), npartitions=3), s, b)
+        for n, s, b in zip((160, 80), sims, budgets)
+    ]
+    results = dask.compute(*jobs)
+    assert all(r["a_error"].isna().all() for r in results)
+    for s, b in zip(sims, budgets):
+        assert b.rpm is not None
+        assert busiest_window(s.stats()["success_times"], 2.0) <= allowed(b.rpm, 2.0, b.burst)
+
+
+def _hold_and_penalize(budget: Budget, penalize: bool) -> float:
+    """On a worker: join the budget; one worker penalizes, the others report
+    how much cool-down they see once it has."""
+    from distributed import Event
+
+    from dask_llm._budget import limiter_for
+
+    limiter = limiter_for(budget)
+    joined, penalized = Event(f"{budget.name}-joined"), Event(f"{budget.name}-penalized")
+    with limiter.lease():
+        limiter.acquire(1)
+        if penalize:
+            # Wait until the others hold a share (they are pushed to only then).
+            time.sleep(1.0)
+            limiter.penalize(6.0)
+            penalized.set()
+            return 6.0
+        joined.set()
+        penalized.wait(timeout=20)
+        time.sleep(0.5)
+        return limiter.reservoir.cooldown_until - time.monotonic()  # type: ignore[attr-defined]
+
+
+def test_a_429_on_one_worker_pauses_the_others(cluster: Any) -> None:
+    budget = Budget(rpm=600)
+    workers = sorted(cluster.scheduler_info()["workers"])
+    futures = [
+        cluster.submit(_hold_and_penalize, budget, i == 0, workers=[w], pure=False, allow_other_workers=False)
+        for i, w in enumerate(workers)
+    ]
+    waits = cluster.gather(futures)
+    assert waits[0] == 6.0
+    # The others learned of it by a push, within well under a second.
+    assert all(w > 4.0 for w in waits[1:]), waits
+
+
+def test_unknown_limits_are_learned(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    sim = start_sim(mode="echo", latency=0.05, rpm=2400, burst_seconds=2.0)
+    budget = Budget()  # adaptive: no limits given
+    result = run(dd.from_pandas(frame(150), npartitions=3), sim, budget).compute()
+    assert result["a_error"].isna().all()
+    stats = cluster.run_on_scheduler(_budget_stats, name=budget.name)
+    # x-ratelimit-limit-requests told every worker the real limit.
+    assert stats["rpm"] == 2400
+    assert sim.stats()["rate_limited"] <= 0.02 * sim.stats()["requests"]
+
+
+def _budget_stats(dask_scheduler: Any, name: str) -> dict[str, Any]:
+    return dask_scheduler.plugins["dask-llm-budget"].stats(name)
+
+
+def test_a_dead_worker_leaks_no_budget(cluster: Any, start_sim: Callable[..., Simulator]) -> None:
+    import os
+    import signal
+
+    from distributed import Semaphore
+
+    sim = start_sim(mode="echo", latency=0.1)
+    budget = Budget(max_concurrency=4, rpm=6000)
+    future = cluster.compute(run(dd.from_pandas(frame(100), npartitions=6), sim, budget, threads=4))
+    deadline = time.monotonic() + 30
+    while sim.stats()["successes"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Kill a worker process that holds part of the budget, mid-job.
+    holders = cluster.run_on_scheduler(_budget_stats, name=budget.name)["holders"]
+    victim = holders[0]
+    pid = cluster.run(os.getpid, workers=[victim])[victim]
+    os.kill(pid, signal.SIGKILL)
+    result = future.result(timeout=60)
+    assert result["a_error"].isna().all() and len(result) == 100
+    # Its share went to the others, and its slots came back: once every
+    # worker is idle, nothing is held.
+    sem = Semaphore(max_leases=4, name=f"{budget.name}-slots-4")
+    deadline = time.monotonic() + 20
+    while sem.get_value() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sem.get_value() == 0
+    assert victim not in cluster.run_on_scheduler(_budget_stats, name=budget.name)["holders"]
+    cluster.wait_for_workers(3, timeout=30)  # the nanny brought a new one up
