@@ -11,6 +11,7 @@ dask DataFrames.
 from . import _accessor  # noqa: F401  (registers df.llm)
 from ._api import enrich
 from ._budget import Budget
+from ._cache import ResponseCache
 from ._config import Endpoint, RetryPolicy
 from ._errors import (
     AuthenticationError,
@@ -23,7 +24,11 @@ from ._errors import (
     RowError,
     TemplateError,
 )
+from ._estimate import Estimate, estimate
+from ._pricing import Price
 from ._schema import OutputColumns
+from ._spend import SpendCap
+from ._summary import RunSummary, summarize
 
 __version__ = "0.1.0"
 
@@ -36,11 +41,18 @@ __all__ = [
     "Endpoint",
     "EndpointError",
     "EndpointUnreachableError",
+    "Estimate",
     "ModelNotFoundError",
     "OutputColumns",
+    "Price",
+    "ResponseCache",
     "RetryPolicy",
     "RowError",
+    "RunSummary",
+    "SpendCap",
     "TemplateError",
     "__version__",
     "enrich",
+    "estimate",
+    "summarize",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, overload
 
@@ -11,13 +12,18 @@ import dask.dataframe as dd
 import pandas as pd
 
 from ._budget import Budget
+from ._cache import ResponseCache
 from ._checkpoint import open_checkpoint
 from ._config import Endpoint, RetryPolicy
 from ._errors import ConfigError
 from ._manifest import RunSpec
+from ._pricing import PriceTable, price_for
+from ._progress import ProgressChannel
 from ._prompt import Prompt
 from ._runner import Job, enrich_partition
 from ._schema import OutputColumns
+from ._spend import SpendCap
+from ._structured import structured_output
 
 __all__ = ["enrich"]
 
@@ -52,6 +58,12 @@ def enrich(
     storage_options: Mapping[str, Any] | None = None,
     retry_errors: bool = False,
     overwrite: bool = False,
+    output: Any = None,
+    spend_cap: SpendCap | None = None,
+    prices: PriceTable | None = None,
+    dedup: bool = True,
+    cache: ResponseCache | str | None = None,
+    progress: ProgressChannel | None = None,
 ) -> Frame:
     """Add a column of LLM answers, one chat completion per row.
 
@@ -115,6 +127,34 @@ def enrich(
         With ``checkpoint``: discard the run stored there (its partitions and
         journal; other files are left alone) and start a new one. Needed when
         the prompt, system message, model, parameters or column changed.
+    output : Pydantic model class or JSON schema dict, optional
+        Structured output: the request asks for JSON that fits this schema
+        (a strict ``json_schema`` ``response_format``), each answer is
+        validated, an invalid one is retried (up to ``retry.max_attempts``)
+        and then stored as an error with the raw answer kept in
+        ``<column>``; each top-level field becomes a typed column named
+        after it (string, category for enums, Int64, Float64, boolean, Arrow
+        list/struct for arrays and objects).
+    spend_cap : SpendCap, optional
+        The most the whole run may spend, in USD (``max_cost``) and/or tokens
+        billed (``max_tokens``), across the cluster. Rows past it get a
+        ``"budget exhausted: ..."`` error without a call; with ``checkpoint``
+        they are left for a later run (give it a higher cap).
+    prices : mapping, optional
+        Model -> :class:`Price` (or ``(input, output)`` USD per million
+        tokens), before the built-in table; prices ``spend_cap.max_cost``.
+    dedup : bool
+        Send identical requests (same model, messages and parameters) once
+        and share the answer: within a partition, and between partitions
+        that run in the same process. Rows that got a shared answer show
+        0 attempts and no tokens.
+    cache : ResponseCache or str, optional
+        A response cache on any fsspec storage, keyed by the request: answers
+        found there are not requested again, new accepted answers are added.
+        Shares answers between worker processes and between runs.
+    progress : ProgressChannel, optional
+        Where partitions report their rows as they finish, for a live
+        progress display (``dask-llm run`` uses it; see ``dask_llm._progress``).
 
     Returns
     -------
@@ -126,7 +166,9 @@ def enrich(
       tokens billed, from the response's ``usage``;
     - ``<column>_attempts`` (int64): calls made for the row;
     - ``<column>_latency_s`` (float64): seconds from the first attempt to
-      the outcome, back-off included.
+      the outcome, back-off included;
+    - ``<column>_rate_limited`` (int64): attempts answered 429;
+    - with ``output=``, one typed column per field of the schema.
 
     Raises
     ------
@@ -158,7 +200,8 @@ def enrich(
     )
     if budget is not None and not isinstance(budget, Budget):
         raise ConfigError(f"budget= must be a dask_llm.Budget, got {type(budget).__name__}")
-    job = dataclasses.replace(job, budget=budget)
+    job = dataclasses.replace(job, budget=budget, progress=progress)
+    job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
     job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite)
     if isinstance(df, pd.DataFrame):
         return enrich_partition(df, job)
@@ -215,6 +258,42 @@ def _make_job(
         retry=retry or RetryPolicy(),
         on_error=on_error,  # type: ignore[arg-type]
     )
+
+
+def _with_accounting(
+    job: Job,
+    df: Any,
+    output: Any,
+    spend_cap: SpendCap | None,
+    prices: PriceTable | None,
+    dedup: bool,
+    cache: ResponseCache | str | None,
+) -> Job:
+    """``job`` with structured output, spend cap, de-duplication and cache set and checked."""
+    changes: dict[str, Any] = {"dedup": bool(dedup), "run_id": uuid.uuid4().hex}
+    if output is not None:
+        structured = structured_output(output)
+        if "response_format" in job.params:
+            raise ConfigError("output= sets response_format itself; do not pass it in params= as well")
+        outputs = OutputColumns(job.outputs.column, structured)
+        outputs.check_free(df.columns)
+        changes["outputs"] = outputs
+        changes["params"] = {**job.params, "response_format": structured.response_format}
+    if spend_cap is not None and not isinstance(spend_cap, SpendCap):
+        raise ConfigError(f"spend_cap= must be a dask_llm.SpendCap, got {type(spend_cap).__name__}")
+    price = price_for(job.model, prices)
+    if spend_cap is not None and spend_cap.max_cost is not None and price is None:
+        raise ConfigError(
+            f"spend_cap=SpendCap(max_cost=...) needs the price of model {job.model!r}: "
+            f"pass prices={{{job.model!r}: dask_llm.Price(input=..., output=...)}} (USD per million tokens)"
+        )
+    changes.update(spend_cap=spend_cap, price=price)
+    if isinstance(cache, str):
+        cache = ResponseCache(cache)
+    if cache is not None and not isinstance(cache, ResponseCache):
+        raise ConfigError(f"cache= must be a dask_llm.ResponseCache or a path, got {type(cache).__name__}")
+    changes["cache"] = cache
+    return dataclasses.replace(job, **changes)
 
 
 def _with_checkpoint(

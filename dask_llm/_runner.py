@@ -29,8 +29,10 @@ from typing import Any, Literal
 import pandas as pd
 
 from ._budget import Budget, limiter_for
+from ._cache import CachedAnswer, ResponseCache
 from ._checkpoint import Checkpoint
 from ._client import Failure, Kind, classify, complete
+from ._dedup import DedupPlan, call_once, plan, request_key, reused
 from ._config import Endpoint, RetryPolicy
 from ._errors import (
     AuthenticationError,
@@ -39,9 +41,13 @@ from ._errors import (
     RowError,
 )
 from ._limiter import Limiter
+from ._pricing import Price
+from ._progress import ProgressChannel, partition_progress
 from ._prompt import Prompt
 from ._schema import OutputColumns
-from ._tokens import estimate_request_tokens
+from ._spend import BUDGET_EXHAUSTED, SpendCap, SpendCounter, SpendGate, counter_for
+from ._structured import InvalidAnswer
+from ._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens, estimate_request_tokens
 
 __all__ = ["Job", "Outcome", "enrich_partition", "run_rows"]
 
@@ -64,6 +70,15 @@ class Job:
     on_error: Literal["store", "raise"] = "store"
     checkpoint: Checkpoint | None = None
     budget: Budget | None = None
+    #: Where partitions report finished rows (``dask-llm run``'s progress).
+    progress: ProgressChannel | None = None
+    #: Run-wide spend cap, and the model's price it is counted in.
+    spend_cap: SpendCap | None = None
+    price: Price | None = None
+    #: Identical requests sent once; ``run_id`` scopes sharing between partitions.
+    dedup: bool = True
+    run_id: str = ""
+    cache: ResponseCache | None = None
 
     def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": self.model, "messages": messages, **self.params}
@@ -80,10 +95,17 @@ class Outcome:
     attempts: int = 0
     latency: float = math.nan
     could_not_connect: bool = False
+    rate_limited: int = 0
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def not_called(self) -> bool:
+        """Left uncalled by the spend cap: neither journaled nor committed,
+        so that a later run with a higher cap calls it."""
+        return self.error is not None and self.error.startswith(BUDGET_EXHAUSTED)
 
 
 def enrich_partition(
@@ -109,19 +131,37 @@ def enrich_partition(
     for i, record in done.items():
         outcomes[i] = Outcome(**record)
     todo = [i for i in range(len(requests)) if i not in done]
+    report = partition_progress(job.progress, restored=len(done))  # a no-op without a channel
     if saved is not None and saved.committed and not todo:
         return pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
 
-    with saved.journal() if saved is not None else contextlib.nullcontext() as journal:
+    # De-duplication: one leader row per distinct request is called; its
+    # followers get its outcome as it arrives.
+    dedup = plan(requests, todo) if job.dedup else DedupPlan(tuple(todo), {}, {})
+    spend = counter_for(job.spend_cap) if job.spend_cap is not None else None  # in the task's thread
+
+    # The journal closes (saving finished rows) before the report does, so a
+    # partition that no longer counts as running has nothing left unsaved.
+    with report, saved.journal() if saved is not None else contextlib.nullcontext() as journal:
 
         def store(i: int, outcome: Outcome) -> None:
-            outcomes[i] = outcome
-            if journal is not None:
-                journal.add(i, outcome)
+            for j in (i, *dedup.followers.get(i, ())):
+                outcomes[j] = outcome if j == i else reused(outcome)
+                if journal is not None and not outcome.not_called:
+                    journal.add(j, outcomes[j])
+            # Counted once every row of the call is stored: after Ctrl+C this
+            # raises Cancelled, which stops the pool like any error.
+            for j in (i, *dedup.followers.get(i, ())):
+                report.row(outcomes[j])
 
-        run_rows(requests, todo, job, store, limiter or limiter_for(job.budget), labels=frame.index.tolist())
+        run_rows(
+            requests, dedup.leaders, job, store, limiter or limiter_for(job.budget),
+            labels=frame.index.tolist(), spend=spend,
+        )  # fmt: skip
     result = pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
-    if saved is not None:
+    # A partition with rows left by the spend cap stays uncommitted (its
+    # finished rows are journaled), so that a later run calls the rest.
+    if saved is not None and not any(o.not_called for o in outcomes):
         saved.commit(result)
     return result
 
@@ -135,11 +175,17 @@ def to_columns(outcomes: Sequence[Outcome], cols: OutputColumns, index: pd.Index
         cols.completion_tokens: [o.completion_tokens for o in outcomes],
         cols.attempts: [o.attempts for o in outcomes],
         cols.latency: [o.latency for o in outcomes],
+        cols.rate_limited: [o.rate_limited for o in outcomes],
     }
-    return pd.DataFrame(
-        {name: pd.array(data[name], dtype=dtype) for name, dtype in cols.dtypes.items()},
+    frame = pd.DataFrame(
+        {name: pd.array(values, dtype=cols.dtypes[name]) for name, values in data.items()},
         index=index,
     )
+    if cols.structured is None:
+        return frame
+    # Typed columns are parsed from the raw answer of each successful row.
+    typed = cols.structured.to_columns([o.text if o.ok else None for o in outcomes], index)
+    return pd.concat([frame, typed], axis=1)
 
 
 def run_rows(
@@ -149,6 +195,7 @@ def run_rows(
     on_outcome: Callable[[int, Outcome], None],
     limiter: Limiter,
     labels: Sequence[Any] | None = None,
+    spend: SpendCounter | None = None,
 ) -> None:
     """Call the model for ``requests[i]`` for each ``i`` in ``rows``, with
     ``job.threads`` threads, and hand every outcome to ``on_outcome(i, outcome)``
@@ -159,7 +206,7 @@ def run_rows(
     """
     if not rows:
         return
-    _Pool(requests, rows, job, on_outcome, limiter, labels).run()
+    _Pool(requests, rows, job, on_outcome, limiter, labels, spend).run()
 
 
 class _Pool:
@@ -171,6 +218,7 @@ class _Pool:
         on_outcome: Callable[[int, Outcome], None],
         limiter: Limiter,
         labels: Sequence[Any] | None,
+        spend: SpendCounter | None = None,
     ) -> None:
         self.requests = requests
         self.job = job
@@ -184,6 +232,7 @@ class _Pool:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._connect_streak = 0
+        self.spend = SpendGate(job.spend_cap, spend, job.price, self._stop)
 
     def run(self) -> None:
         threads = [
@@ -214,7 +263,7 @@ class _Pool:
         try:
             with self.limiter.lease():
                 while (i := self._next_row()) is not None:
-                    outcome = self._call(self.requests[i], rng)
+                    outcome = self._reuse_or_call(self.requests[i], rng)
                     self._settle_row(i, outcome)
         except BaseException as exc:  # handed to the calling thread by run()
             with self._lock:
@@ -222,33 +271,90 @@ class _Pool:
                     self._error = exc
             self._stop.set()
 
+    def _reuse_or_call(self, request: dict[str, Any], rng: random.Random) -> Outcome:
+        """The row's outcome from the response cache, an identical call of
+        another partition in this process, or a call of its own."""
+        job = self.job
+        if job.cache is None and not job.dedup:
+            return self._call(request, rng)
+        return call_once(
+            request_key(request),
+            lambda: self._call(request, rng),
+            ok=lambda o: o.ok,
+            share=job.run_id if job.dedup else None,
+            cache=job.cache,
+            from_cache=lambda hit: Outcome(text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0),
+            to_cache=lambda o: CachedAnswer(o.text, o.prompt_tokens, o.completion_tokens),
+            stop=self._stop,
+        )
+
     def _call(self, request: dict[str, Any], rng: random.Random) -> Outcome:
         job, limiter = self.job, self.limiter
         reserve = estimate_request_tokens(request)
+        # The spend cap counts what is billed: the prompt, and at most
+        # max_tokens (or the default guess) of answer.
+        cap = request.get("max_completion_tokens") or request.get("max_tokens")
+        spend_estimate = (estimate_prompt_tokens(request["messages"]), int(cap or DEFAULT_COMPLETION_ESTIMATE))
+        structured = job.outputs.structured
         start = time.monotonic()
         attempt = 0
+        # Billed over every answered attempt: an invalid answer costs as much as a good one.
+        billed_prompt = billed_completion = 0
+        usage_seen = False
+        rate_limited = 0
+
+        def billed() -> dict[str, Any]:
+            if not usage_seen:
+                return {"prompt_tokens": None, "completion_tokens": None}
+            return {"prompt_tokens": billed_prompt, "completion_tokens": billed_completion}
+
         while True:
             attempt += 1
+            charge = self.spend.reserve(*spend_estimate)
+            if charge is None:
+                return Outcome(
+                    error=self.spend.exhausted_message(),
+                    **billed(),
+                    attempts=attempt - 1,
+                    latency=time.monotonic() - start if attempt > 1 else math.nan,
+                    rate_limited=rate_limited,
+                )
             limiter.acquire(reserve)
             try:
                 answer = complete(job.endpoint, request)
             except Exception as exc:
+                self.spend.settle(charge, None, None)
                 failure = classify(exc)
             else:
+                self.spend.settle(charge, answer.prompt_tokens, answer.completion_tokens)
                 counted = _counted_tokens(request, answer.prompt_tokens, answer.completion_tokens, reserve)
                 limiter.settle(reserve, counted)
                 limiter.observe(answer.headers)
+                billed_prompt += answer.prompt_tokens or 0
+                billed_completion += answer.completion_tokens or 0
+                usage_seen = usage_seen or answer.prompt_tokens is not None or answer.completion_tokens is not None
+                problem = None
+                if structured is not None:
+                    try:
+                        structured.parse(answer.text)
+                    except InvalidAnswer as exc:
+                        problem = f"invalid structured answer: {exc}"
+                if problem is not None and attempt < job.retry.max_attempts and not self._stop.is_set():
+                    continue  # the model misspoke: ask again at once, no back-off needed
+                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                 return Outcome(
-                    text=answer.text,
-                    prompt_tokens=answer.prompt_tokens,
-                    completion_tokens=answer.completion_tokens,
+                    text=answer.text,  # kept when invalid: the raw answer explains the error
+                    error=None if problem is None else problem + tries,
+                    **billed(),
                     attempts=attempt,
                     latency=time.monotonic() - start,
+                    rate_limited=rate_limited,
                 )
             limiter.settle(reserve, None)
             if failure.headers is not None:
                 limiter.observe(failure.headers)
             if failure.kind is Kind.RATE_LIMITED:
+                rate_limited += 1
                 limiter.penalize(failure.retry_after)
             self._raise_if_endpoint_wide(failure)
             give_up = not failure.retryable or attempt >= job.retry.max_attempts
@@ -256,9 +362,11 @@ class _Pool:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                 return Outcome(
                     error=failure.message + tries,
+                    **billed(),
                     attempts=attempt,
                     latency=time.monotonic() - start,
                     could_not_connect=failure.kind is Kind.CONNECTION,
+                    rate_limited=rate_limited,
                 )
 
     def _raise_if_endpoint_wide(self, failure: Failure) -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._structured import StructuredOutput
 
 __all__ = ["OutputColumns"]
 
@@ -32,10 +36,16 @@ class OutputColumns:
     ``<column>_completion_tokens`` Int64    completion tokens billed
     ``<column>_attempts``         int64     calls made for the row (0: not called)
     ``<column>_latency_s``        float64   seconds from first attempt to outcome
+    ``<column>_rate_limited``     int64     attempts answered 429
     ============================  ========  =====================================
+
+    With ``structured`` (``enrich(output=...)``), ``<column>`` holds the raw
+    JSON answer and each field of the schema gets a typed column of its own,
+    named after the field (see :mod:`._structured`).
     """
 
     column: str
+    structured: StructuredOutput | None = None
 
     @property
     def value(self) -> str:
@@ -62,15 +72,29 @@ class OutputColumns:
         return f"{self.column}_latency_s"
 
     @property
+    def rate_limited(self) -> str:
+        return f"{self.column}_rate_limited"
+
+    @property
     def dtypes(self) -> dict[str, object]:
-        return {
+        dtypes: dict[str, object] = {
             self.value: STRING,
             self.error: STRING,
             self.prompt_tokens: "Int64",
             self.completion_tokens: "Int64",
             self.attempts: "int64",
             self.latency: "float64",
+            self.rate_limited: "int64",
         }
+        if self.structured is not None:
+            clash = sorted(set(self.structured.dtypes) & set(dtypes))
+            if clash:
+                raise ConfigError(
+                    f"output= field(s) {', '.join(map(repr, clash))} clash with the columns of "
+                    f"column={self.column!r}; choose another column= name"
+                )
+            dtypes.update(self.structured.dtypes)
+        return dtypes
 
     def check_free(self, existing: Iterable[object]) -> None:
         """Refuse to overwrite input columns."""
