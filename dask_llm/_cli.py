@@ -1,38 +1,107 @@
 """The ``dask-llm`` command.
 
-``dask-llm simulate`` serves the built-in OpenAI-compatible simulator, for
-demos and for trying a job without an API key.
+::
+
+    dask-llm run INPUT OUTPUT --prompt ... --column ... --model ...   enrich a file
+    dask-llm status CHECKPOINT                                        what a checkpoint holds
+    dask-llm simulate [--port 8000 ...]                               the built-in simulator
+    dask-llm bench --base-url URL --model M                           how much concurrency pays
+
+Exit status: 0 success; 1 rows failed (``run``) or an unexpected error;
+2 a bad argument, path, template or credential, reported in one line
+(``--verbose`` adds the traceback); 130 interrupted by Ctrl+C.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
+from . import _bench_endpoint, _cli_run, _status
+from ._errors import DaskLLMError
 from .simulator import _cli as simulator_cli
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+#: Errors that mean "the user asked for something that cannot work":
+#: one line and exit 2, no traceback.
+USAGE_ERRORS: tuple[type[BaseException], ...] = (
+    DaskLLMError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+    ImportError,
+    ConnectionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and cluster logs")
     parser = argparse.ArgumentParser(
-        prog="dask-llm", description="Enrich large dataframes with LLM output."
+        prog="dask-llm", description="Enrich large dataframes with LLM output.", parents=[common]
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", parents=[common], help="enrich a Parquet, CSV or JSON Lines file",
+        description="Add a column of LLM answers to every row of INPUT and write OUTPUT.",
+    )  # fmt: skip
+    _cli_run.add_arguments(run)
+    run.set_defaults(handler=_cli_run.run)
+
+    status = commands.add_parser(
+        "status", parents=[common], help="show what a checkpoint holds",
+        description="Partitions and rows done, errors, tokens and cost so far in a checkpoint.",
+    )  # fmt: skip
+    _status.add_arguments(status)
+    status.set_defaults(handler=_status.run)
+
     simulate = commands.add_parser(
-        "simulate",
-        help="serve the OpenAI-compatible simulator",
+        "simulate", parents=[common], help="serve the OpenAI-compatible simulator",
         description="Serve an OpenAI-compatible chat-completions simulator until Ctrl+C.",
-    )
+    )  # fmt: skip
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(handler=simulator_cli.run)
+
+    bench = commands.add_parser(
+        "bench", parents=[common], help="measure an endpoint: latency and the concurrency that pays",
+        description="Call an endpoint at growing concurrency until throughput stops growing or "
+        "429s appear; print latency percentiles and throughput per step.",
+    )  # fmt: skip
+    _bench_endpoint.add_arguments(bench)
+    bench.set_defaults(handler=_bench_endpoint.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    """Entry point of the ``dask-llm`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv  # for the resume command line
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print(f"\ndask-llm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USAGE_ERRORS as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"dask-llm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, PermissionError)) and exc.filename and exc.filename not in text:
+        text = f"{text}: {exc.filename}"
+    return text
 
 
 if __name__ == "__main__":

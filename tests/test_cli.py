@@ -1,22 +1,302 @@
-"""The dask-llm console script, run for real in a subprocess."""
+"""The dask-llm console script, run for real in a subprocess against the simulator."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import select
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from dask_llm.simulator import expected_answer
+
+from .conftest import API_KEY
+
+#: Bound on any one command; a run here takes seconds.
+TIMEOUT = 120
 
 
 def dask_llm_command() -> list[str]:
     script = shutil.which("dask-llm", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "dask_llm._cli"]
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without endpoint settings, so that only the flags count."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_"))}
+
+
+def dask_llm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*dask_llm_command(), *args], capture_output=True, text=True, timeout=TIMEOUT, env=env or clean_env()
+    )
+
+
+def tickets(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"id": range(n), "text": [f"my VM number {i} does not start" for i in range(n)]})
+
+
+def answers(frame: pd.DataFrame, prompt: str = "Classify: {text}") -> list[str]:
+    """What the simulator answers to each row (label mode)."""
+    return [expected_answer([{"role": "user", "content": prompt.format(text=t)}]) for t in frame["text"]]
+
+
+def run_args(sim, src: Path | str, dst: Path | str, *extra: str) -> list[str]:
+    return [
+        "run", str(src), str(dst), "--prompt", "Classify: {text}", "--column", "label", "--model", "m",
+        "--base-url", sim.url, "--api-key", API_KEY, "--progress-interval", "0.2", *extra,
+    ]  # fmt: skip
+
+
+def progress_lines(stderr: str) -> list[tuple[int, int]]:
+    """(done, total) of each plain progress line."""
+    return [(int(a.replace(",", "")), int(b.replace(",", ""))) for a, b in re.findall(r"^rows ([\d,]+)/([\d,]+)", stderr, re.M)]
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_run_csv_to_csv_with_progress_and_summary(start_sim, tmp_path):
+    sim = start_sim(latency=0.02)
+    frame = tickets(120)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    proc = dask_llm(*run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--partitions", "3", "--threads", "4"))
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["id"].tolist() == list(range(120))  # every row, in order, input columns kept
+    assert out["label"].tolist() == answers(frame)
+    assert out["label_error"].isna().all()
+    # Progress: plain lines (stderr is not a terminal) that end at all rows.
+    lines = progress_lines(proc.stderr)
+    assert lines and lines[-1] == (120, 120), proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The summary, on stdout.
+    assert re.search(r"^rows: 120  ok: 120  failed: 0$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^tokens: [\d,]+ in, 120 out  cost: unknown", proc.stdout, re.M), proc.stdout  # model "m"
+    assert re.search(r"^wall time: [\d.]+ s  achieved: [\d,]+ calls/min", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^rows called in this run: 120 \([\d.,]+ rows/s\)$", proc.stdout, re.M), proc.stdout
+    # Writing the output and summing its columns called the model once per row.
+    assert sim.stats()["successes"] == 120
+
+
+def test_run_jsonl_to_parquet_on_the_sync_scheduler(start_sim, tmp_path):
+    sim = start_sim(latency=0.0)
+    frame = tickets(30)
+    frame.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    proc = dask_llm(*run_args(sim, tmp_path / "in.jsonl", tmp_path / "out", "--scheduler", "sync", "--partitions", "2"))
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_parquet(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert out["label"].tolist() == answers(frame)
+    assert str(out["label_prompt_tokens"].dtype) == "Int64"
+
+
+def test_failed_rows_exit_1_with_their_count(start_sim, tmp_path):
+    # Every call fails with a 500 and a row gets one attempt: every row fails.
+    sim = start_sim(latency=0.0, fail_rate=1.0)
+    tickets(10).to_parquet(tmp_path / "in.parquet")
+    proc = dask_llm(*run_args(sim, tmp_path / "in.parquet", tmp_path / "out.jsonl", "--max-attempts", "1"))
+    assert proc.returncode == 1, proc.stderr
+    assert "10 of 10 rows failed" in proc.stderr
+    assert re.search(r"^rows: 10  ok: 0  failed: 10$", proc.stdout, re.M), proc.stdout
+    out = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    assert out["label_error"].str.contains("500").all()
+
+
+#: Bad inputs, each with a piece of its one-line message. "{tmp}" is a folder
+#: holding in.csv (columns id, text), "{url}" a running simulator.
+BAD_INPUTS = {
+    "missing input": (["run", "{tmp}/nope.csv", "{tmp}/o.csv", "--base-url", "{url}"], "input '{tmp}/nope.csv' does not exist"),
+    "unknown column": (["run", "{tmp}/in.csv", "{tmp}/o.csv", "--base-url", "{url}", "--prompt", "{{nope}}"], "'nope'"),
+    "bad template": (["run", "{tmp}/in.csv", "{tmp}/o.csv", "--base-url", "{url}", "--prompt", "{{text"], "not a valid template"),
+    "bad endpoint URL": (["run", "{tmp}/in.csv", "{tmp}/o.csv", "--base-url", "ftp://host/v1"], "http:// or https://"),
+    "bad input URL": (["run", "nosuchfs://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"], "cannot open input"),
+    "no credentials": (["run", "{tmp}/in.csv", "{tmp}/o.csv"], "no API key for https://api.openai.com/v1: pass --api-key"),
+    "output is input": (["run", "{tmp}/in.csv", "{tmp}/in.csv", "--base-url", "{url}"], "is the input"),
+    "no checkpoint": (["status", "{tmp}/nothing-here"], "no dask-llm checkpoint"),
+}  # fmt: skip
+
+
+def test_bad_input_is_one_line_and_exit_2(sim, tmp_path):
+    tickets(3).to_csv(tmp_path / "in.csv", index=False)
+    fill = {"tmp": str(tmp_path), "url": sim.url}
+    procs = {}
+    # All at once: each is a fresh interpreter importing dask and openai.
+    for case, (args, _) in BAD_INPUTS.items():
+        argv = [a.format(**fill) for a in args]
+        if argv[0] == "run":
+            argv += ["--column", "label", "--model", "m"]
+            if "--prompt" not in argv:
+                argv += ["--prompt", "Classify: {text}"]
+        procs[case] = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
+    for case, proc in procs.items():
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+        command = BAD_INPUTS[case][0][0]
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2, (case, stderr)
+        assert len(lines) == 1 and "Traceback" not in stderr, (case, stderr)
+        assert lines[0].startswith(f"dask-llm {command}: error: "), (case, stderr)
+        assert BAD_INPUTS[case][1].format(**fill) in lines[0], (case, stderr)
+    assert sim.stats()["requests"] == 0  # all refused before any call
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    proc = dask_llm("run", str(tmp_path / "nope.csv"), "o.csv", "--prompt", "x", "--column", "c",
+                    "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--verbose")  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+# ---------------------------------------------------------------- Ctrl+C, status, resume
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_rows_and_the_printed_command_resumes(start_sim, tmp_path):
+    sim = start_sim(latency=0.15)  # 8 calls in flight: ~50 rows/s, ~6 s for all
+    frame = tickets(300)
+    frame.to_parquet(tmp_path / "in.parquet")
+    ckpt = tmp_path / "ckpt"
+    argv = run_args(sim, tmp_path / "in.parquet", tmp_path / "out", "--checkpoint", str(ckpt),
+                    "--scheduler", "local", "--workers", "2", "--partitions", "4", "--threads", "4")  # fmt: skip
+    # A session of its own, so that SIGINT goes to the whole process group,
+    # worker processes included, as Ctrl+C in a terminal does.
+    proc = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env(), start_new_session=True)  # fmt: skip
+    try:
+        seen = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                line = proc.stderr.readline()
+                seen += line
+                if not line or any(done >= 60 for done, _ in progress_lines(line)):
+                    break
+        assert progress_lines(seen), f"no progress within 90 s: {seen}"
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    stderr = seen + rest
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    called_before = sim.stats()["successes"]
+    assert 60 <= called_before < 300, stderr
+
+    # The exact command to resume, on one line.
+    resume = re.search(r"resume with:\n  (dask-llm run .*)\n", stderr)
+    assert resume, stderr
+    resume_argv = shlex.split(resume.group(1))
+    assert "--overwrite" not in resume_argv and API_KEY not in resume_argv  # the key is masked
+    resume_argv = [API_KEY if a == "***" else a for a in resume_argv]
+
+    status = dask_llm("status", str(ckpt))
+    assert status.returncode == 0, status.stderr
+    saved = int(re.search(r"rows done: ([\d,]+) of 300", status.stdout).group(1).replace(",", ""))
+    assert saved >= 60, status.stdout  # at least what the progress had shown
+    assert "resume: dask-llm run" in status.stdout
+
+    done = subprocess.run([*dask_llm_command(), *resume_argv[1:]], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=clean_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^rows: 300  ok: 300  failed: 0$", done.stdout, re.M), done.stdout
+    assert f"rows called in this run: {300 - saved:,} " in done.stdout, done.stdout
+    assert f"{saved:,} from checkpoint" in done.stderr
+    out = pd.read_parquet(tmp_path / "out")
+    assert out["id"].tolist() == list(range(300))
+    assert out["label"].tolist() == answers(frame)
+    # Rows saved before Ctrl+C were not paid for again.
+    assert sim.stats()["successes"] - called_before == 300 - saved
+
+
+@pytest.mark.slow
+def test_run_on_a_remote_scheduler_reports_progress(start_sim, tmp_path, process_cluster):
+    sim = start_sim(latency=0.02)
+    frame = tickets(80)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    address = process_cluster.scheduler.address
+    proc = dask_llm(*run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--scheduler", address,
+                              "--partitions", "4", "--threads", "4", "--rpm", "6000"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"cluster at {address} (2 workers)" in proc.stderr
+    assert progress_lines(proc.stderr)[-1] == (80, 80), proc.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == answers(frame)
+
+
+@pytest.mark.slow
+def test_run_and_status_from_s3_to_s3(start_sim):
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    sim = start_sim(latency=0.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": url})
+        fs.mkdir("data")
+        frame = tickets(50)
+        fs.pipe("data/in.csv", frame.to_csv(index=False).encode())
+        options = ["--storage-option", "key=testing", "--storage-option", "secret=testing",
+                   "--storage-option", f"client_kwargs.endpoint_url={url}"]  # fmt: skip
+        proc = dask_llm(*run_args(sim, "s3://data/in.csv", "s3://data/out.jsonl", "--partitions", "2",
+                                  "--checkpoint", "s3://data/runs/one/", *options))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        out = pd.read_json(io.BytesIO(fs.cat("data/out.jsonl")), lines=True)
+        assert out["label"].tolist() == answers(frame)
+        assert [p for p in fs.ls("data") if p.rpartition("/")[2].startswith(".")] == []  # no parts left over
+        status = dask_llm("status", "s3://data/runs/one/", *options)
+        assert status.returncode == 0, status.stderr
+        assert "rows done: 50 of 50 (100%)  errors: 0" in status.stdout
+        assert "secret=***" in status.stdout and "testing" not in status.stdout.replace("secret=***", "")
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- bench
+
+
+def test_bench_sweeps_until_429_and_recommends(start_sim, tmp_path):
+    # 0.1 s per call and 3,000 requests per minute (50/s): 1, 2 and 4 calls in
+    # flight fit under the limit (10, 20, 40 calls/s); 8 would need 80/s.
+    sim = start_sim(latency=0.1, latency_sd=0.0, rpm=3000, burst_seconds=0.5)
+    png = tmp_path / "bench.png"
+    proc = dask_llm("bench", "--base-url", sim.url, "--api-key", API_KEY, "--model", "m",
+                    "--max-calls", "300", "--max-seconds", "60", "--plot", str(png))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s+\d+\s+\d+", line)]
+    assert [int(row[0]) for row in table][:3] == [1, 2, 4], proc.stdout
+    assert "p95 s" in proc.stdout and "calls/s" in proc.stdout
+    assert re.search(r"^stopped: 429 rate limits at \d+ calls in flight", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^use about \d+ calls in flight .* --max-concurrency \d+", proc.stdout, re.M)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_wrong_key_is_exit_2(start_sim):
+    sim = start_sim()
+    proc = dask_llm("bench", "--base-url", sim.url, "--api-key", "wrong", "--model", "m", "--max-calls", "20")
+    assert proc.returncode == 2
+    assert "refused" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- simulate
 
 
 def test_simulate_serves_until_interrupted():

@@ -1,0 +1,390 @@
+"""``dask-llm run INPUT OUTPUT``: enrich a file from the command line.
+
+The steps, in the order a failure would stop them: check every argument
+and path (exit 2, before any call) -> open the scheduler -> count the rows
+-> build the lazy enrichment -> compute it while a progress line runs ->
+join the output -> print the summary (exit 1 when rows failed).
+
+Ctrl+C cancels the run everywhere (see :mod:`dask_llm._progress`), waits
+for the running partitions to save their finished rows, and prints the
+command that resumes the run (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ._api import enrich
+from ._budget import Budget
+from ._checkpoint_store import open_store
+from ._cli_scheduler import Scheduler, open_scheduler, parse_scheduler
+from ._config import Endpoint, RetryPolicy
+from ._errors import ConfigError
+from ._io import TOTALS, Output, read_input
+from ._pricing import price_for
+from ._progress import ProgressChannel, Snapshot, Tally, cancel, collect
+from ._progress_line import ProgressPrinter
+from ._schema import OutputColumns
+from ._summary import RunSummary
+
+__all__ = ["RUN_INFO", "add_arguments", "parse_storage_options", "resume_command", "run"]
+
+#: Written into a checkpoint by ``dask-llm run``, read by ``dask-llm status``.
+RUN_INFO = "_dask_llm/cli-run.json"
+
+#: Exit status after Ctrl+C, as shells report a SIGINT death.
+INTERRUPTED = 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``dask-llm run``."""
+    parser.add_argument("input", metavar="INPUT", help="Parquet, CSV or JSON Lines path, glob or fsspec URL")
+    parser.add_argument("output", metavar="OUTPUT", help="*.csv or *.jsonl file, or a Parquet folder (path or URL)")
+    what = parser.add_argument_group("what to ask")
+    what.add_argument("--prompt", required=True, help='user message template, e.g. "Classify: {text}"')
+    what.add_argument("--column", required=True, help="name of the new column")
+    what.add_argument("--model", required=True, help="model name (Azure: deployment name)")
+    what.add_argument("--system", help="system message template")
+    what.add_argument("--temperature", type=float)
+    what.add_argument("--max-tokens", type=int)
+    where = parser.add_argument_group("endpoint")
+    where.add_argument("--base-url", help="OpenAI-compatible API root (default: OPENAI_BASE_URL, else OpenAI)")
+    where.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; prefer the variable)")
+    where.add_argument("--azure-endpoint", help="https://RESOURCE.openai.azure.com (selects Azure)")
+    where.add_argument("--api-version", help="Azure API version")
+    where.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    how = parser.add_argument_group("how fast")
+    how.add_argument("--threads", type=int, default=16, help="concurrent calls per partition (default: %(default)s)")
+    how.add_argument("--max-attempts", type=int, default=6, help="calls per row at most, retries included (default: %(default)s)")
+    how.add_argument("--max-concurrency", type=int, help="most calls in flight across the cluster")
+    how.add_argument("--rpm", type=float, help="requests per minute across the cluster")
+    how.add_argument("--tpm", type=float, help="tokens per minute across the cluster")
+    how.add_argument(
+        "--scheduler", type=parse_scheduler, default="threads",
+        help="sync, threads, local (a LocalCluster) or tcp://HOST:PORT (default: %(default)s)",
+    )  # fmt: skip
+    how.add_argument(
+        "--workers", type=int, default=4,
+        help="partitions at once: threads (threads) or worker processes (local) (default: %(default)s)",
+    )  # fmt: skip
+    how.add_argument("--partitions", type=int, help="split INPUT into this many partitions")
+    keep = parser.add_argument_group("keeping work")
+    keep.add_argument("--checkpoint", help="folder or URL that makes the run resumable")
+    keep.add_argument("--retry-errors", action="store_true", help="with --checkpoint: call failed rows again")
+    keep.add_argument("--overwrite", action="store_true", help="with --checkpoint: discard the run stored there")
+    parser.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="fsspec option for INPUT, OUTPUT and --checkpoint; VALUE is JSON or text; "
+        "dotted keys nest (client_kwargs.endpoint_url=http://...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-interval", type=float,
+        help="seconds between progress updates (default: 0.5 on a terminal, 10 otherwise)",
+    )  # fmt: skip
+
+
+def parse_storage_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["anon=false", "client_kwargs.endpoint_url=http://h"]`` ->
+    ``{"anon": False, "client_kwargs": {"endpoint_url": "http://h"}}``.
+
+    Raises
+    ------
+    ConfigError
+        An item without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option takes KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.split(".")
+        node = options
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--storage-option {key!r} nests under a value that is not a mapping")
+        node[leaf] = value
+    return options
+
+
+_SECRET_OPTIONS = ("--api-key",)
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes this run: the same one, without
+    ``--overwrite`` (which would discard what the checkpoint holds) and with
+    secrets masked, since it is printed and stored."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        name, eq, value = item.partition("=")
+        if item == "--overwrite":
+            i += 1
+            continue
+        if name in _SECRET_OPTIONS:
+            if eq:
+                out.append(f"{name}=***")
+            else:
+                out += [item, "***"]
+                i += 1
+        elif item == "--storage-option" and i + 1 < len(items) and _secret(items[i + 1]):
+            out += [item, items[i + 1].partition("=")[0] + "=***"]
+            i += 1
+        elif name == "--storage-option" and eq and _secret(value):
+            out.append(f"{name}={value.partition('=')[0]}=***")
+        else:
+            out.append(item)
+        i += 1
+    return shlex.join(["dask-llm", *out])
+
+
+def _secret(option: str) -> bool:
+    return any(word in option.partition("=")[0].lower() for word in _SECRET_WORDS)
+
+
+def cost_function(model: str) -> Callable[[int, int], float] | None:
+    """``cost(prompt_tokens, completion_tokens)`` in dollars for ``model``
+    from the library's price table, or None when the model has no price
+    (then cost is shown as unknown, never as a silent zero)."""
+    price = price_for(model)
+    return price.cost if price is not None else None
+
+
+def summarize(totals: pd.DataFrame, model: str, wall: float) -> RunSummary:
+    """The run summary, from the per-partition :data:`~dask_llm._io.TOTALS`
+    that the output tasks returned."""
+    sums: dict[str, Any] = {name: int(totals[name].sum()) for name in TOTALS if name != "rate_limited"}
+    counted = totals["rate_limited"].dropna()
+    sums["rate_limited"] = int(counted.sum()) if len(counted) else None
+    price = price_for(model)
+    per_minute = 60.0 / wall if wall > 0 else None
+    return RunSummary(
+        **sums,
+        cost=price.cost(sums["prompt_tokens"], sums["completion_tokens"]) if price else None,
+        model=model,
+        wall_time=wall,
+        rpm=sums["calls"] * per_minute if per_minute else None,
+        tpm=(sums["prompt_tokens"] + sums["completion_tokens"]) * per_minute if per_minute else None,
+    )
+
+
+def print_summary(summary: RunSummary, progress: Snapshot, output: str, stream: Any) -> None:
+    """The summary, plus what only this run knows: rows restored from the
+    checkpoint (not called, not paid again) and where the output went."""
+    called = summary.rows - progress.restored
+    rate = called / summary.wall_time if summary.wall_time else 0.0
+    lines = [
+        str(summary),
+        f"rows called in this run: {called:,} ({rate:,.1f} rows/s)"
+        + (f", {progress.restored:,} from the checkpoint" if progress.restored else ""),
+        f"output: {output}",
+    ]
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+def resolve_endpoint(args: argparse.Namespace) -> Endpoint:
+    """The endpoint the options and environment name, checked.
+
+    Raises
+    ------
+    ConfigError
+        No key for a hosted API, or a malformed URL; worded for the command line.
+    """
+    endpoint = Endpoint(
+        base_url=args.base_url, api_key=args.api_key, azure_endpoint=args.azure_endpoint,
+        api_version=args.api_version, timeout=args.timeout,
+    )  # fmt: skip
+    try:
+        return endpoint.resolve()
+    except ConfigError as exc:
+        if "no API key" not in str(exc):
+            raise
+        variable = "AZURE_OPENAI_API_KEY" if endpoint.is_azure else "OPENAI_API_KEY"
+        raise ConfigError(
+            f"no API key for {endpoint.display_url}: pass --api-key or set {variable} "
+            f"(a local server needs --base-url and no key)"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dask-llm run``; see the module docstring."""
+    err = sys.stderr
+    for name in ("threads", "workers", "partitions", "max_tokens", "max_concurrency", "max_attempts"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    options = parse_storage_options(args.storage_option)
+    endpoint = resolve_endpoint(args)
+    budget = None
+    if args.max_concurrency or args.rpm or args.tpm:
+        budget = Budget(max_concurrency=args.max_concurrency, rpm=args.rpm, tpm=args.tpm)
+    ddf = read_input(args.input, options, args.partitions)
+    output = Output(args.output, options)
+    output.check(args.input)
+    outputs = OutputColumns(args.column)
+    channel = ProgressChannel.new()
+    tty = err.isatty()
+    interval = args.progress_interval or (0.5 if tty else 10.0)
+
+    _stop_on_sigterm()
+    with open_scheduler(args.scheduler, args.workers, args.verbose) as sched:
+        kwargs: dict[str, Any] = dict(
+            endpoint=endpoint, system=args.system, threads=args.threads, temperature=args.temperature,
+            max_tokens=args.max_tokens, budget=budget, checkpoint=args.checkpoint,
+            storage_options=options if args.checkpoint else None,
+            retry_errors=args.retry_errors, overwrite=args.overwrite,
+            retry=RetryPolicy(max_attempts=args.max_attempts), progress=channel,
+        )  # fmt: skip
+        out = enrich(ddf, args.prompt, args.column, args.model, **kwargs)
+        total = len(ddf)
+        if args.checkpoint:
+            _save_run_info(args, options, total, ddf.npartitions)
+        lazy = output.write(out, outputs)
+        where = sched.description + (f"; dashboard {sched.dashboard}" if sched.dashboard else "")
+        err.write(
+            f"dask-llm run: {total:,} rows in {ddf.npartitions} partitions, model {args.model} "
+            f"at {endpoint.display_url}; {where}\n"
+        )
+        err.flush()
+        tally = Tally(total)
+        start = time.monotonic()
+        printer = ProgressPrinter(tally, err, tty, interval, cost_function(args.model))
+        with collect(channel, tally, sched.client):
+            try:
+                with printer:
+                    totals = _compute(lazy, sched)
+                    wall = time.monotonic() - start
+                    # The last batches may still be on their way from the
+                    # workers: let them land (bounded), so the last line
+                    # shows every row.
+                    _wait_for(lambda: tally.snapshot().done >= total, 2.0)
+            except KeyboardInterrupt:
+                # Still subscribed: the rows the partitions finish while
+                # they stop are counted too.
+                _stop_everywhere(channel, sched)
+                output.abort()
+                _print_interrupted(args, tally.snapshot(), err)
+                return INTERRUPTED
+            except BaseException:
+                output.abort()
+                raise
+    output.finish(list(out.columns))
+    summary = summarize(totals, args.model, wall)
+    print_summary(summary, tally.snapshot(), args.output, sys.stdout)
+    if summary.rows_failed:
+        hint = (
+            f"rerun the same command with --retry-errors to call them again"
+            if args.checkpoint else "their errors are in the column " + repr(outputs.error)
+        )  # fmt: skip
+        err.write(f"dask-llm run: {summary.rows_failed:,} of {summary.rows:,} rows failed; {hint}\n")
+        return 1
+    return 0
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a batch system's time limit) stop the run the
+    way Ctrl+C does: cancelled everywhere, finished rows kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _compute(lazy: Any, sched: Scheduler) -> pd.DataFrame:
+    if sched.client is None:
+        return lazy.compute()
+    future = sched.client.compute(lazy)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+
+
+def _stop_everywhere(channel: ProgressChannel, sched: Scheduler, timeout: float = 30.0) -> None:
+    """Cancel the run in every process and wait (bounded) until its running
+    partitions have stopped, so their finished rows are journaled before the
+    cluster goes away."""
+    from . import _progress
+
+    cancel(channel.topic)
+    client = sched.client
+    deadline = time.monotonic() + timeout
+    try:
+        if client is not None:
+            client.run(cancel, channel.topic, on_error="ignore")
+        while time.monotonic() < deadline:
+            if client is not None:
+                busy = sum(client.run(_progress.active, channel.topic, on_error="ignore").values() or [0])
+            else:
+                busy = _progress.active(channel.topic)
+            if not busy:
+                # Their last batches are sent; give them a moment to arrive.
+                time.sleep(channel.interval + 0.2)
+                return
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # a second Ctrl+C: stop waiting
+        return
+    except Exception:  # the cluster is going away anyway
+        return
+
+
+def _print_interrupted(args: argparse.Namespace, snap: Snapshot, err: Any) -> None:
+    err.write(f"dask-llm run: interrupted; {snap.done:,} of {snap.total or 0:,} rows finished.\n")
+    if args.checkpoint:
+        err.write(
+            f"Finished rows are saved in the checkpoint {args.checkpoint}; resume with:\n"
+            f"  {resume_command(args.argv)}\n"
+        )
+    else:
+        err.write(
+            "Finished rows were not kept: there is no --checkpoint. Add --checkpoint PATH "
+            "to make the next run resumable.\n"
+        )
+    err.flush()
+
+
+def _save_run_info(args: argparse.Namespace, options: Mapping[str, Any], total: int, partitions: int) -> None:
+    """Record the command and the input's size in the checkpoint, for
+    ``dask-llm status`` (best effort: a run does not fail for it)."""
+    info = {
+        "command": resume_command(args.argv),
+        "rows": total,
+        "partitions": partitions,
+        "input": args.input,
+        "output": args.output,
+        "model": args.model,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        open_store(args.checkpoint, options).write(RUN_INFO, json.dumps(info, indent=2).encode())
+    except Exception:
+        pass
+
