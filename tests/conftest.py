@@ -6,6 +6,7 @@ teardown; every wait is bounded.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -56,3 +57,23 @@ def process_cluster() -> Iterator[object]:
         n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
     ) as cluster, Client(cluster) as client:
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """The endpoint URL of a moto S3 server on 127.0.0.1, started once for
+    the session and stopped at its end. Credentials: ``testing``/``testing``."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

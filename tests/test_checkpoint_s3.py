@@ -3,9 +3,8 @@ share nothing with the driver but the URL and the storage options."""
 
 from __future__ import annotations
 
-import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -23,34 +22,20 @@ from .conftest import endpoint_for
 pytestmark = pytest.mark.slow
 
 s3fs = pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
 
 BUCKET = "dask-llm-test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, Any]]:
-    """Storage options of a bucket on a moto server that this module starts
-    and stops."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
-        }
-        s3fs.S3FileSystem(**options).mkdir(BUCKET)
-        yield options
-    finally:
-        server.stop()
+def s3(moto_s3: str) -> dict[str, Any]:
+    """Storage options of a bucket on the session's moto server."""
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": moto_s3, "region_name": "eu-west-1"},
+    }
+    s3fs.S3FileSystem(**options).mkdir(BUCKET)
+    return options
 
 
 def run_url() -> str:

@@ -10,7 +10,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -239,35 +238,26 @@ def test_run_on_a_remote_scheduler_reports_progress(start_sim, tmp_path, process
 
 
 @pytest.mark.slow
-def test_run_and_status_from_s3_to_s3(start_sim):
+def test_run_and_status_from_s3_to_s3(start_sim, moto_s3):
     s3fs = pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
     sim = start_sim(latency=0.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": url})
-        fs.mkdir("data")
-        frame = tickets(50)
-        fs.pipe("data/in.csv", frame.to_csv(index=False).encode())
-        options = ["--storage-option", "key=testing", "--storage-option", "secret=testing",
-                   "--storage-option", f"client_kwargs.endpoint_url={url}"]  # fmt: skip
-        proc = dask_llm(*run_args(sim, "s3://data/in.csv", "s3://data/out.jsonl", "--partitions", "2",
-                                  "--checkpoint", "s3://data/runs/one/", *options))  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        out = pd.read_json(io.BytesIO(fs.cat("data/out.jsonl")), lines=True)
-        assert out["label"].tolist() == answers(frame)
-        assert [p for p in fs.ls("data") if p.rpartition("/")[2].startswith(".")] == []  # no parts left over
-        status = dask_llm("status", "s3://data/runs/one/", *options)
-        assert status.returncode == 0, status.stderr
-        assert "rows done: 50 of 50 (100%)  errors: 0" in status.stdout
-        assert "secret=***" in status.stdout and "testing" not in status.stdout.replace("secret=***", "")
-    finally:
-        server.stop()
+    url = moto_s3
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": url})
+    fs.mkdir("data")
+    frame = tickets(50)
+    fs.pipe("data/in.csv", frame.to_csv(index=False).encode())
+    options = ["--storage-option", "key=testing", "--storage-option", "secret=testing",
+               "--storage-option", f"client_kwargs.endpoint_url={url}"]  # fmt: skip
+    proc = dask_llm(*run_args(sim, "s3://data/in.csv", "s3://data/out.jsonl", "--partitions", "2",
+                              "--checkpoint", "s3://data/runs/one/", *options))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_json(io.BytesIO(fs.cat("data/out.jsonl")), lines=True)
+    assert out["label"].tolist() == answers(frame)
+    assert [p for p in fs.ls("data") if p.rpartition("/")[2].startswith(".")] == []  # no parts left over
+    status = dask_llm("status", "s3://data/runs/one/", *options)
+    assert status.returncode == 0, status.stderr
+    assert "rows done: 50 of 50 (100%)  errors: 0" in status.stdout
+    assert "secret=***" in status.stdout and "testing" not in status.stdout.replace("secret=***", "")
 
 
 # ---------------------------------------------------------------- bench

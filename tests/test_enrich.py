@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import dask
 import dask.dataframe as dd
 import pandas as pd
@@ -14,7 +12,7 @@ import dask_llm
 from dask_llm import RetryPolicy
 from dask_llm.simulator import expected_answer
 
-from .conftest import endpoint_for
+from .conftest import endpoint_for, free_port
 
 FAST_RETRY = RetryPolicy(max_attempts=8, backoff_initial=0.01, backoff_max=0.05)
 
@@ -220,14 +218,9 @@ def test_unknown_model_is_one_clear_error(start_sim):
     assert sim.stats()["requests"] <= 16
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_endpoint_is_one_clear_error():
-    ep = dask_llm.Endpoint(base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="k", timeout=2)
+    # A port that was free a moment ago: nothing listens there.
+    ep = dask_llm.Endpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", timeout=2)
     policy = RetryPolicy(max_attempts=2, backoff_initial=0.01)
     with pytest.raises(dask_llm.EndpointUnreachableError, match="cannot reach http://127.0.0.1"):
         dask_llm.enrich(tickets(100), "{title}", "label", "m", endpoint=ep, retry=policy, threads=4)

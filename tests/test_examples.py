@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,30 +53,21 @@ def test_azure_example_calls_the_deployment(start_sim):
 
 
 @pytest.mark.slow
-def test_s3_to_s3_example_on_moto(start_sim):
+def test_s3_to_s3_example_on_moto(start_sim, moto_s3):
     s3fs = pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
     sim = start_sim()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": url})
-        fs.mkdir("tickets")
-        proc = run_example(
-            "s3_to_s3.py", "--input", "s3://tickets/in/", "--output", "s3://tickets/out/",
-            "--checkpoint", "s3://tickets/runs/one/", "--s3-endpoint-url", url, "--base-url", sim.url,
-            "--make-input", "40", env={**creds, "OPENAI_API_KEY": API_KEY},
-        )  # fmt: skip
-        assert "wrote 40 rows to s3://tickets/out/  errors: 0" in proc.stdout, proc.stdout
-        assert fs.ls("tickets/runs/one/")  # the checkpoint is on S3 too
-        assert sim.stats()["successes"] == 40
-    finally:
-        server.stop()
+    url = moto_s3
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": url})
+    fs.mkdir("tickets")
+    proc = run_example(
+        "s3_to_s3.py", "--input", "s3://tickets/in/", "--output", "s3://tickets/out/",
+        "--checkpoint", "s3://tickets/runs/one/", "--s3-endpoint-url", url, "--base-url", sim.url,
+        "--make-input", "40", env={**creds, "OPENAI_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert "wrote 40 rows to s3://tickets/out/  errors: 0" in proc.stdout, proc.stdout
+    assert fs.ls("tickets/runs/one/")  # the checkpoint is on S3 too
+    assert sim.stats()["successes"] == 40
 
 
 def test_structured_output_example_gives_typed_columns(start_sim):
