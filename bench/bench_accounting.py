@@ -123,7 +123,7 @@ def main() -> None:
     try:
         with Simulator.subprocess(SimulatorConfig(latency=0.05, seed=0)) as sim:
             with dask.config.set({"distributed.worker.daemon": True}):
-                with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cl, Client(cl) as client:
+                with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
                     dedup_case(client, sim, 100, 0.0, "grouped", "on", cache_dir)  # warm-up
                     for dup in (0.0, 0.5, 0.9):
                         for layout in ("grouped", "shuffled"):

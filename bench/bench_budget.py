@@ -228,7 +228,7 @@ def main() -> int:
     results: dict[str, Any] = {}
 
     with dask.config.set({"distributed.worker.daemon": True}), LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=":0"
+        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     ) as cluster, Client(cluster) as client:
         client.register_plugin(BudgetPlugin())
         client.run_on_scheduler(_install_counters)

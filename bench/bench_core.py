@@ -79,11 +79,11 @@ def main() -> None:
         seq = sequential(endpoint, tickets(50))
 
         with dask.config.set({"distributed.worker.daemon": True}):
-            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as client:
+            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
                 # Warm-up: the worker imports dask_llm and opens its connections.
                 timed_enrich(client, tickets(50, "warm-up "), 1, 50, endpoint)
                 small, small_errors = timed_enrich(client, tickets(50), 1, 50, endpoint)
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as client:
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
                 timed_enrich(client, tickets(100, "warm-up "), 2, 50, endpoint)
                 big, big_errors = timed_enrich(client, tickets(big_rows), 8, 50, endpoint)
 

@@ -239,7 +239,7 @@ def cluster() -> Iterator[Any]:
         "distributed.scheduler.locks.lease-validation-interval": "0.5s",
     }
     with dask.config.set(fast_leases), LocalCluster(
-        n_workers=3, threads_per_worker=2, processes=True, dashboard_address=":0"
+        n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0"
     ) as lc, Client(lc) as client:
         client.wait_for_workers(3, timeout=60)
         yield client

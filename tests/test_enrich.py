@@ -79,7 +79,7 @@ def _results_under(scheduler: str, sim_url: str) -> pd.DataFrame:
 
         processes = scheduler == "local-processes"
         with LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=processes, dashboard_address=None
+            n_workers=2, threads_per_worker=2, processes=processes, dashboard_address="127.0.0.1:0"
         ) as cluster, Client(cluster) as client:
             result = client.compute(out).result(timeout=120)
             built = client.run(lambda: len(dask_llm._client._clients))

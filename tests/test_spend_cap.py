@@ -65,7 +65,7 @@ def three_workers() -> Iterator[object]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(
-        n_workers=3, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0"
     ) as cluster, Client(cluster) as client:
         yield client
 
