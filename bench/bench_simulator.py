@@ -8,8 +8,8 @@ too, from a thread pool, as the figure a real user sees.
 
 Usage::
 
-    PYTHONPATH=. python bench/bench_simulator.py            # full run, writes bench/results/
-    PYTHONPATH=. python bench/bench_simulator.py --quick    # short smoke run, writes nothing
+    python bench/bench_simulator.py            # full run, writes bench/results/
+    python bench/bench_simulator.py --quick    # short smoke run, writes nothing
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main() -> int:
 
     if args.quick:
         return 0
-    command = "PYTHONPATH=. " + " ".join([sys.executable, *sys.argv])
+    command = " ".join(["python", *sys.argv])
     machine = {
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
