@@ -201,9 +201,7 @@ class PartitionCheckpoint:
         data = self.store.read(self._file)
         if data is None:  # started, not committed
             return {}
-        cols = self.outputs
-        names = dict(zip(FIELDS, (cols.value, cols.error, cols.prompt_tokens,
-                                  cols.completion_tokens, cols.attempts, cols.latency)))  # fmt: skip
+        names = {f: self.outputs.by_field[f] for f in FIELDS}
         table = pq.read_table(pa.BufferReader(data), columns=list(names.values()))
         if table.num_rows != self.n_rows:
             logger.warning("ignoring %s: %d rows, expected %d", self._file, table.num_rows, self.n_rows)

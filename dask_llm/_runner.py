@@ -168,15 +168,7 @@ def enrich_partition(
 
 def to_columns(outcomes: Sequence[Outcome], cols: OutputColumns, index: pd.Index) -> pd.DataFrame:
     """Outcomes as the output columns, with the fixed dtypes."""
-    data = {
-        cols.value: [o.text for o in outcomes],
-        cols.error: [o.error for o in outcomes],
-        cols.prompt_tokens: [o.prompt_tokens for o in outcomes],
-        cols.completion_tokens: [o.completion_tokens for o in outcomes],
-        cols.attempts: [o.attempts for o in outcomes],
-        cols.latency: [o.latency for o in outcomes],
-        cols.rate_limited: [o.rate_limited for o in outcomes],
-    }
+    data = {name: [getattr(o, f) for o in outcomes] for f, name in cols.by_field.items()}
     frame = pd.DataFrame(
         {name: pd.array(values, dtype=cols.dtypes[name]) for name, values in data.items()},
         index=index,

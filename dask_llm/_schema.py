@@ -76,6 +76,19 @@ class OutputColumns:
         return f"{self.column}_rate_limited"
 
     @property
+    def by_field(self) -> dict[str, str]:
+        """Column name of each :class:`~dask_llm._runner.Outcome` field."""
+        return {
+            "text": self.value,
+            "error": self.error,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "attempts": self.attempts,
+            "latency": self.latency,
+            "rate_limited": self.rate_limited,
+        }
+
+    @property
     def dtypes(self) -> dict[str, object]:
         dtypes: dict[str, object] = {
             self.value: STRING,
