@@ -1,12 +1,15 @@
 """What the simulator answers: routing, auth, rate limits, faults, latency and stats.
 
 Everything here runs on the server's event loop and knows nothing of sockets,
-so the HTTP layer stays a thin loop around :meth:`Behaviour.handle`.
+so the HTTP layer stays a thin loop around :meth:`Behaviour.handle`. The
+files and batches routes live in :mod:`._batch_api`; their lines are answered
+here, by :meth:`Behaviour.answer_line`, like synchronous requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
@@ -15,10 +18,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._answers import expected_answer, last_user_text, prompt_tokens, truncate
+from . import _faults
+from ._answers import last_user_text, prompt_tokens
+from ._batch_api import BatchApi
+from ._chat import ApiError, ChatRequest, answer, check_chat, completion, parse_chat, parse_chat_json
 from ._config import SimulatorConfig
 from ._http import Request, Response, error_body, json_response
-from ._ratelimit import RateLimits, format_duration
+from ._ratelimit import RateLimits
+from ._retry_hints import success_headers, too_many_requests
 from ._stats import Stats
 
 __all__ = ["Behaviour"]
@@ -27,6 +34,8 @@ _CHAT_PATH = "/v1/chat/completions"
 _AZURE_PREFIX = "/openai/deployments/"
 _AZURE_SUFFIX = "/chat/completions"
 _DEFAULT_MODEL = "sim-model"
+# The retry hint of a 429 that is not the buckets' (spurious, or always_429).
+_SIMULATED_WAIT = 1.0
 
 
 class Behaviour:
@@ -48,15 +57,12 @@ class Behaviour:
         self._rng = random.Random(config.seed)
         self._started = clock()
         self._ids = itertools.count(1)
-        # Cumulative thresholds, so one uniform draw picks at most one fault.
+        self.batch_api = BatchApi(config, clock, self.stats, self.answer_line)
+        # Cumulative thresholds, so one uniform draw picks at most one fault. A fault
+        # whose rate is 0 has no threshold: the draws are those of a config without it.
         self._faults: list[tuple[str, float]] = []
         total = 0.0
-        for name, rate in (
-            ("fail", config.fail_rate),
-            ("rate_limit", config.rate_limit_rate),
-            ("hang", config.hang_rate),
-            ("malformed", config.malformed_rate),
-        ):
+        for name, rate in config.drawn_faults:
             if rate > 0:
                 total += rate
                 self._faults.append((name, total))
@@ -67,16 +73,27 @@ class Behaviour:
             self._sigma = math.sqrt(sigma2)
 
     def reset(self) -> None:
-        """Zero the stats, refill the rate-limit buckets, restart the clock and re-seed the draws.
+        """Zero the stats, refill the rate-limit buckets, restart the clock, re-seed the draws
+        and forget every file and batch.
 
         Re-seeding makes a run after a reset draw the same faults and latencies
-        as a run on a fresh server.
+        as a run on a fresh server; batch and file ids start again from 1.
         """
         self.stats.reset()
         now = self._clock()
         self._limits.reset(now)
         self._rng = random.Random(self.config.seed)
         self._started = now
+        self.batch_api.reset()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the stats, with every batch brought up to now first (see :meth:`Stats.snapshot`)."""
+        self.batch_api.advance()
+        return self.stats.snapshot(self.batch_api.status_counts())
+
+    def body_limit(self, method: str, path: str) -> int:
+        """Most body bytes a request may send: file uploads may be large."""
+        return self.batch_api.body_limit(method, path)
 
     async def handle(self, request: Request, client_gone: Callable[[], bool]) -> Response | None:
         """Answer one request.
@@ -98,7 +115,7 @@ class Behaviour:
         if path == "/health":
             return self._only("GET", request) or json_response(200, {"status": "ok"})
         if path == "/sim/stats":
-            return self._only("GET", request) or json_response(200, self.stats.snapshot())
+            return self._only("GET", request) or json_response(200, self.snapshot())
         if path == "/sim/reset":
             if response := self._only("POST", request):
                 return response
@@ -113,6 +130,8 @@ class Behaviour:
             response = self._only("POST", request) or await self._chat(request, deployment, client_gone)
         elif path == "/v1/models":
             response = self._only("GET", request) or self._auth(request) or self._models()
+        elif self.batch_api.matches(path):
+            response = self._auth(request) or self.batch_api.handle(request)
         else:
             response = _error(
                 404,
@@ -147,10 +166,16 @@ class Behaviour:
 
     async def _chat(self, request: Request, deployment: str | None, client_gone: Callable[[], bool]) -> Response | None:
         self.stats.begin()
+        response = None
         try:
-            return await self._serve_chat(request, deployment, client_gone)
+            response = await self._serve_chat(request, deployment, client_gone)
+            if response is not None and response.stream is not None:
+                # A drip-fed or huge body is still being served while it is written.
+                response = dataclasses.replace(response, on_close=self.stats.end)
+            return response
         finally:
-            self.stats.end()
+            if response is None or response.on_close is None:
+                self.stats.end()
 
     async def _serve_chat(
         self, request: Request, deployment: str | None, client_gone: Callable[[], bool]
@@ -159,42 +184,33 @@ class Behaviour:
         config = self.config
         if response := self._auth(request):
             return response
-        parsed = _parse_chat(request.body, deployment)
-        if isinstance(parsed, Response):
-            return parsed
-        model, messages, max_tokens, response_format = parsed
-        if config.models and model not in config.models:
-            return _error(404, f"The model `{model}` does not exist", "invalid_request_error", "model_not_found")
+        chat = parse_chat(request.body, deployment)
+        if isinstance(chat, ApiError):
+            return chat.response()
+        if error := check_chat(config, chat):
+            return error.response()
 
-        n_prompt = prompt_tokens(messages)
-        if config.max_context_tokens is not None and n_prompt > config.max_context_tokens:
-            message = (
-                f"This model's maximum context length is {config.max_context_tokens} tokens. "
-                f"However, your messages resulted in {n_prompt} tokens."
-            )
-            return _error(400, message, "invalid_request_error", "context_length_exceeded")
+        n_prompt = prompt_tokens(chat.messages)
+        content, completion_tokens, truncated = answer(config, chat, self._draw_invalid_json(chat))
+        charged = n_prompt + (chat.max_tokens if chat.max_tokens is not None else completion_tokens)
 
-        answer = expected_answer(messages, config.mode, config.labels, response_format=response_format)
-        if self._draw_invalid_json(response_format):
-            # Half the answer: a JSON object that never closes.
-            answer = answer[: len(answer) // 2]
-        content, completion_tokens, truncated = truncate(answer, max_tokens)
-        charged = n_prompt + (max_tokens if max_tokens is not None else completion_tokens)
-
-        headers: dict[str, str] = {}
+        style = config.rate_limit_style
+        if config.always_429:
+            self.stats.faults["always_429"] += 1
+            resets = (_SIMULATED_WAIT, _SIMULATED_WAIT)
+            return too_many_requests(style, chat.model, _SIMULATED_WAIT, resets, self._limits.headers(), True)
+        bucket_headers: dict[str, str] = {}
         if self._limits.enabled:
             wait = self._limits.admit(charged, arrival)
-            headers = self._limits.headers()
+            bucket_headers = self._limits.headers()
             if wait > 0:
-                headers["retry-after"] = str(math.ceil(wait))
-                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-                message = f"Rate limit reached for {model}. Please try again in {format_duration(wait)}."
-                return _error(429, message, "requests", "rate_limit_exceeded", headers)
+                return too_many_requests(style, chat.model, wait, self._limits.last_waits, bucket_headers, False)
+        headers = success_headers(style, bucket_headers)
 
         fault = self._draw_fault()
         if fault == "rate_limit":
-            headers["retry-after"] = "1"
-            return _error(429, "Rate limit reached (simulated).", "requests", "rate_limit_exceeded", headers)
+            resets = (_SIMULATED_WAIT, _SIMULATED_WAIT)
+            return too_many_requests(style, chat.model, _SIMULATED_WAIT, resets, bucket_headers, True)
         delay = config.hang_seconds if fault == "hang" else self._latency()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -205,31 +221,63 @@ class Behaviour:
             message = "The server had an error while processing your request. Sorry about that!"
             return _error(config.fail_status, message, "server_error", None, headers)
 
-        payload = {
-            "id": f"chatcmpl-sim{next(self._ids)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "length" if truncated else "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": n_prompt,
-                "completion_tokens": completion_tokens,
-                "total_tokens": n_prompt + completion_tokens,
-            },
-        }
-        response = json_response(200, payload, headers)
+        payload = completion(f"chatcmpl-sim{next(self._ids)}", chat, content, n_prompt, completion_tokens, truncated)
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        prompt = last_user_text(chat.messages)
+
+        def succeed() -> None:
+            self.stats.success(prompt, n_prompt, completion_tokens, arrival - self._started, charged)
+
         if fault == "malformed":
-            # A body cut in half: valid HTTP, invalid JSON, as from a proxy dropping the connection.
-            return Response(200, response.body[: len(response.body) // 2], headers)
-        self.stats.success(last_user_text(messages), n_prompt, completion_tokens, arrival - self._started, charged)
-        return response
+            return _faults.truncated(body, headers)
+        if fault == "html":
+            return _faults.html_page(headers)
+        if fault == "empty":
+            return _faults.empty(headers)
+        if fault == "empty_object":
+            return _faults.empty_object(headers)
+        if fault == "drip":
+            return _faults.drip_fed(body, headers, config.drip_interval, client_gone, succeed, self._client_left)
+        if fault == "huge":
+            return _faults.huge(body, config.huge_bytes, headers, succeed)
+        succeed()
+        return Response(200, body, headers)
+
+    def answer_line(self, body: dict[str, Any], rng: random.Random) -> tuple[int, dict[str, Any]]:
+        """Answer one batch line's chat request as the synchronous route would, without limits or latency.
+
+        Parameters
+        ----------
+        body : dict
+            The line's ``body``.
+        rng : random.Random
+            The batch's own generator, for ``batch_line_fail_rate`` and
+            ``invalid_json_rate`` (each drawn only when on, like the chat draws).
+
+        Returns
+        -------
+        tuple of (int, dict)
+            The status code and the response body: a ``chat.completion`` or an error.
+        """
+        config = self.config
+        chat = parse_chat_json(body, None)
+        error = chat if isinstance(chat, ApiError) else check_chat(config, chat)
+        if error is not None:
+            self.stats.batch_line(None)
+            return error.status, error.body()
+        assert isinstance(chat, ChatRequest)
+        if config.batch_line_fail_rate > 0 and rng.random() < config.batch_line_fail_rate:
+            self.stats.batch_line(None)
+            message = "The server had an error while processing your request. Sorry about that!"
+            return 500, error_body(message, "server_error", None)
+        cut = config.invalid_json_rate > 0 and chat.wants_json and rng.random() < config.invalid_json_rate
+        content, completion_tokens, truncated = answer(config, chat, cut)
+        n_prompt = prompt_tokens(chat.messages)
+        self.stats.batch_line(last_user_text(chat.messages), n_prompt, completion_tokens)
+        return 200, completion(f"chatcmpl-sim{next(self._ids)}", chat, content, n_prompt, completion_tokens, truncated)
+
+    def _client_left(self) -> None:
+        self.stats.disconnected += 1
 
     def _draw_fault(self) -> str | None:
         if not self._faults:
@@ -241,11 +289,11 @@ class Behaviour:
                 return name
         return None
 
-    def _draw_invalid_json(self, response_format: dict[str, Any] | None) -> bool:
+    def _draw_invalid_json(self, chat: ChatRequest) -> bool:
         # A draw only when the knob is on and the request asks for JSON, so
         # that every other configuration draws exactly what it did before.
         rate = self.config.invalid_json_rate
-        if rate <= 0 or response_format is None or response_format.get("type") not in ("json_schema", "json_object"):
+        if rate <= 0 or not chat.wants_json:
             return False
         if self._rng.random() < rate:
             self.stats.faults["invalid_json"] += 1
@@ -262,41 +310,3 @@ def _error(
     status: int, message: str, error_type: str, code: str | None, headers: dict[str, str] | None = None
 ) -> Response:
     return json_response(status, error_body(message, error_type, code), headers)
-
-
-def _parse_chat(
-    body: bytes, deployment: str | None
-) -> Response | tuple[str, list[dict[str, Any]], int | None, dict[str, Any] | None]:
-    """Validate a chat completion body into (model, messages, max_tokens, response_format), or a 400."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return _bad_request("We could not parse the JSON body of your request.")
-    if not isinstance(data, dict):
-        return _bad_request("The body of your request must be a JSON object.")
-
-    model = deployment if deployment is not None else data.get("model")
-    if not isinstance(model, str) or not model:
-        return _bad_request("You must provide a model parameter.", "model")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return _bad_request("'messages' must be a non-empty array of objects.", "messages")
-    if data.get("stream"):
-        return _bad_request("The simulator does not support streaming.", "stream")
-    if data.get("n", 1) not in (1, None):
-        return _bad_request("The simulator only supports n=1.", "n")
-
-    max_tokens = data.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = data.get("max_tokens")
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        return _bad_request("max_tokens must be an integer of at least 1.", "max_tokens")
-
-    response_format = data.get("response_format")
-    if not isinstance(response_format, dict):
-        response_format = None
-    return model, messages, max_tokens, response_format
-
-
-def _bad_request(message: str, param: str | None = None) -> Response:
-    return json_response(400, error_body(message, "invalid_request_error", None, param))

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from ._config import FAIL_STATUSES, SimulatorConfig
+from ._config import FAIL_STATUSES, RATE_LIMIT_STYLES, SimulatorConfig
 from ._server import SimulatorServer
 
 __all__ = ["LISTENING_PREFIX", "add_arguments", "config_from_args", "config_to_argv", "main", "run"]
@@ -61,6 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.invalid_json_rate,
         help="share of JSON-format answers cut in half (invalid JSON content)",
     )
+    parser.add_argument(
+        "--rate-limit-style",
+        choices=RATE_LIMIT_STYLES,
+        default=defaults.rate_limit_style,
+        help="how every 429 hints when to retry (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--always-429", action="store_true", help="answer every chat request 429 and never admit it"
+    )
+    parser.add_argument(
+        "--drip-rate", type=float, default=defaults.drip_rate, help="share of bodies trickled one byte at a time"
+    )
+    parser.add_argument(
+        "--drip-interval", type=float, default=defaults.drip_interval, help="seconds between drip-fed bytes"
+    )
+    parser.add_argument("--html-rate", type=float, default=defaults.html_rate, help="share of 200 text/html pages")
+    parser.add_argument("--empty-rate", type=float, default=defaults.empty_rate, help="share of empty 200 bodies")
+    parser.add_argument(
+        "--empty-object-rate", type=float, default=defaults.empty_object_rate, help="share of 200 bodies '{}'"
+    )
+    parser.add_argument("--huge-rate", type=float, default=defaults.huge_rate, help="share of huge 200 bodies")
+    parser.add_argument("--huge-bytes", type=int, default=defaults.huge_bytes, help="length of a huge body")
     parser.add_argument("--api-key", default=defaults.api_key, help="API key that requests must carry")
     parser.add_argument("--models", nargs="+", default=list(defaults.models), help="models served (default: any)")
     parser.add_argument(
@@ -68,6 +90,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_optional_int,
         default=defaults.max_context_tokens,
         help="answer 400 context_length_exceeded to longer prompts",
+    )
+    parser.add_argument(
+        "--batch-turnaround",
+        type=float,
+        default=defaults.batch_turnaround,
+        help="seconds from a batch's creation to its completion",
+    )
+    parser.add_argument(
+        "--batch-line-fail-rate",
+        type=float,
+        default=defaults.batch_line_fail_rate,
+        help="share of batch lines answered with a 500 error line",
+    )
+    parser.add_argument(
+        "--batch-expire-after",
+        type=float,
+        default=defaults.batch_expire_after,
+        help="seconds after which an unfinished batch expires",
+    )
+    parser.add_argument(
+        "--batch-enqueued-token-limit",
+        type=_optional_int,
+        default=defaults.batch_enqueued_token_limit,
+        help="most prompt tokens per model in batches validating or in progress",
     )
     parser.add_argument(
         "--seed", type=_optional_int, default=defaults.seed, help="seed of the random draws, 'none' for entropy"
@@ -102,9 +148,22 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         hang_seconds=args.hang_seconds,
         malformed_rate=args.malformed_rate,
         invalid_json_rate=args.invalid_json_rate,
+        rate_limit_style=args.rate_limit_style,
+        always_429=args.always_429,
+        drip_rate=args.drip_rate,
+        drip_interval=args.drip_interval,
+        html_rate=args.html_rate,
+        empty_rate=args.empty_rate,
+        empty_object_rate=args.empty_object_rate,
+        huge_rate=args.huge_rate,
+        huge_bytes=args.huge_bytes,
         api_key=args.api_key,
         models=tuple(args.models),
         max_context_tokens=args.max_context_tokens,
+        batch_turnaround=args.batch_turnaround,
+        batch_line_fail_rate=args.batch_line_fail_rate,
+        batch_expire_after=args.batch_expire_after,
+        batch_enqueued_token_limit=args.batch_enqueued_token_limit,
         seed=args.seed,
     )
 
@@ -124,8 +183,21 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         "--hang-seconds", repr(config.hang_seconds),
         "--malformed-rate", repr(config.malformed_rate),
         "--invalid-json-rate", repr(config.invalid_json_rate),
+        "--rate-limit-style", config.rate_limit_style,
+        "--drip-rate", repr(config.drip_rate),
+        "--drip-interval", repr(config.drip_interval),
+        "--html-rate", repr(config.html_rate),
+        "--empty-rate", repr(config.empty_rate),
+        "--empty-object-rate", repr(config.empty_object_rate),
+        "--huge-rate", repr(config.huge_rate),
+        "--huge-bytes", str(config.huge_bytes),
+        "--batch-turnaround", repr(config.batch_turnaround),
+        "--batch-line-fail-rate", repr(config.batch_line_fail_rate),
+        "--batch-expire-after", repr(config.batch_expire_after),
         "--seed", str(config.seed),
     ]  # fmt: skip
+    if config.always_429:
+        argv.append("--always-429")
     if config.rpm is not None:
         argv += ["--rpm", str(config.rpm)]
     if config.tpm is not None:
@@ -136,6 +208,8 @@ def config_to_argv(config: SimulatorConfig) -> list[str]:
         argv += ["--models", *config.models]
     if config.max_context_tokens is not None:
         argv += ["--max-context-tokens", str(config.max_context_tokens)]
+    if config.batch_enqueued_token_limit is not None:
+        argv += ["--batch-enqueued-token-limit", str(config.batch_enqueued_token_limit)]
     return argv
 
 

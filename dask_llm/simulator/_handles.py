@@ -153,10 +153,10 @@ class Simulator(_Handle):
 
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the traffic counters, as served by ``GET /sim/stats``."""
-        return self._on_loop(lambda behaviour: behaviour.stats.snapshot())
+        return self._on_loop(lambda behaviour: behaviour.snapshot())
 
     def reset(self) -> None:
-        """Zero the stats and refill the rate-limit buckets, like ``POST /sim/reset``."""
+        """Zero the stats, refill the rate-limit buckets and forget files and batches, like ``POST /sim/reset``."""
         self._on_loop(lambda behaviour: behaviour.reset())
 
     def _on_loop(self, function: Callable[[Any], T]) -> T:
@@ -294,7 +294,7 @@ class SimulatorProcess(_Handle):
         return stats
 
     def reset(self) -> None:
-        """Zero the stats and refill the rate-limit buckets with ``POST /sim/reset``."""
+        """Zero the stats, refill the rate-limit buckets and forget files and batches with ``POST /sim/reset``."""
         self._request("POST", "/sim/reset")
 
     def _request(self, method: str, path: str) -> Any:

@@ -102,6 +102,8 @@ class RateLimits:
         self._rpm = rpm
         self._tpm = tpm
         self._burst_seconds = burst_seconds
+        #: Seconds each bucket (requests, tokens) needed at the last :meth:`admit`; 0 if it had enough.
+        self.last_waits: tuple[float, float] = (0.0, 0.0)
         self.reset(now)
 
     @property
@@ -135,11 +137,13 @@ class RateLimits:
             0 if admitted (and charged), otherwise the seconds to wait before
             the request would be admitted (nothing is charged).
         """
-        wait = 0.0
-        for bucket, cost in ((self.requests, 1), (self.tokens, tokens)):
+        waits = [0.0, 0.0]
+        for index, (bucket, cost) in enumerate(((self.requests, 1), (self.tokens, tokens))):
             if bucket is not None:
                 bucket.refill(now)
-                wait = max(wait, bucket.wait_time(cost))
+                waits[index] = bucket.wait_time(cost)
+        self.last_waits = (waits[0], waits[1])
+        wait = max(waits)
         if wait > 0:
             return wait
         if self.requests is not None:

@@ -1,4 +1,8 @@
-"""The asyncio HTTP server: one coroutine per connection, latency is ``asyncio.sleep``."""
+"""The asyncio HTTP server: one coroutine per connection, latency is ``asyncio.sleep``.
+
+A streamed body is written chunk by chunk, each awaited with ``drain`` so that
+the transport buffers at most its high-water mark of it.
+"""
 
 from __future__ import annotations
 
@@ -77,6 +81,7 @@ class SimulatorServer:
         self._connections.add(task)
         assert self.behaviour is not None
         handle = self.behaviour.handle
+        body_limit = self.behaviour.body_limit
 
         def client_gone() -> bool:
             # A client that timed out closes its socket: we see EOF, or a reset that closes the transport.
@@ -84,14 +89,28 @@ class SimulatorServer:
 
         try:
             while True:
-                request = await read_request(reader)
+                request = await read_request(reader, body_limit)
                 if request is None:
                     break
                 response = await handle(request, client_gone)
                 if response is None:
                     break
-                writer.write(response.encode(request.keep_alive))
-                await writer.drain()
+                if response.stream is None:
+                    writer.write(response.encode(request.keep_alive))
+                    await writer.drain()
+                else:
+                    try:
+                        # The head goes out at once, then the body as the stream yields it.
+                        writer.write(response.head(request.keep_alive))
+                        await writer.drain()
+                        async for chunk in response.stream:
+                            writer.write(chunk)
+                            await writer.drain()
+                    finally:
+                        # Close an abandoned body now, not when the loop may be gone.
+                        await response.stream.aclose()
+                        if response.on_close is not None:
+                            response.on_close()
                 if not request.keep_alive:
                     break
         except HttpError as exc:

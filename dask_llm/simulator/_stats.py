@@ -11,9 +11,11 @@ __all__ = ["Stats"]
 class Stats:
     """Traffic counters, updated on the event loop with a dict increment or a list append.
 
-    Only API requests (chat completions, models, unknown URLs) are counted; the
-    simulator's own routes (``/sim/*``, ``/health``) are not, so that polling
-    the stats does not change them.
+    Only API requests (chat completions, models, files, batches, unknown URLs)
+    are counted; the simulator's own routes (``/sim/*``, ``/health``) are not,
+    so that polling the stats does not change them. A batch line answered 200
+    counts as a success (of its prompt) like a synchronous answer, so that
+    ``success_by_prompt`` shows a row paid for twice across both paths.
     """
 
     def __init__(self) -> None:
@@ -33,6 +35,7 @@ class Stats:
         self.disconnected = 0
         self.success_by_prompt: Counter[str] = Counter()
         self.success_times: list[list[float]] = []
+        self.batch: Counter[str] = Counter()
 
     def arrive(self) -> None:
         """Count an API request as soon as it is read."""
@@ -62,20 +65,42 @@ class Stats:
         self.success_by_prompt[prompt] += 1
         self.success_times.append([at, charged])
 
-    def snapshot(self) -> dict[str, Any]:
+    def batch_line(self, prompt: str | None, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Count a batch line answered: a success of `prompt` if given, otherwise a failed line."""
+        self.batch["lines"] += 1
+        if prompt is None:
+            self.batch["line_failures"] += 1
+            return
+        self.successes += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.success_by_prompt[prompt] += 1
+
+    def snapshot(self, batch_statuses: dict[str, int] | None = None) -> dict[str, Any]:
         """Return a JSON-able copy of the counters.
+
+        Parameters
+        ----------
+        batch_statuses : dict of str to int, optional
+            The current batches by status, reported as ``batch["by_status"]``.
 
         Returns
         -------
         dict
             ``requests`` (API requests received), ``by_status`` ({"200": n, ...}, responses written),
             ``successes``, ``prompt_tokens`` and ``completion_tokens`` (over
-            successes), ``in_flight``, ``max_in_flight``, ``rate_limited`` (429s,
-            real or spurious), ``faults`` ({"fail"|"rate_limit"|"hang"|"malformed": n},
+            successes, batch lines answered 200 included), ``in_flight``,
+            ``max_in_flight``, ``rate_limited`` (429s, real or spurious),
+            ``faults`` ({"fail"|"rate_limit"|"hang"|"malformed"|"drip"|"html"|
+            "empty"|"empty_object"|"huge"|"invalid_json"|"always_429": n},
             injected faults drawn), ``disconnected`` (answers not written because
-            the client had gone, e.g. after a timeout), ``success_by_prompt``
-            ({last user message: successes}) and ``success_times``
-            ([[seconds since start or reset at arrival, tokens charged], ...]).
+            the client had gone, e.g. after a timeout or during a drip-fed body),
+            ``success_by_prompt`` ({last user message: successes}, batch lines
+            included), ``success_times`` ([[seconds since start or reset at
+            arrival, tokens charged], ...], synchronous answers only) and
+            ``batch`` ({"files": uploads, "batches": batches created,
+            "by_status": {status: batches}, "lines": batch lines answered,
+            "line_failures": those answered with an error}).
         """
         return {
             "requests": self.requests,
@@ -90,4 +115,11 @@ class Stats:
             "disconnected": self.disconnected,
             "success_by_prompt": dict(self.success_by_prompt),
             "success_times": [list(pair) for pair in self.success_times],
+            "batch": {
+                "files": self.batch["files"],
+                "batches": self.batch["batches"],
+                "by_status": dict(batch_statuses or {}),
+                "lines": self.batch["lines"],
+                "line_failures": self.batch["line_failures"],
+            },
         }
