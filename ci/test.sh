@@ -12,6 +12,28 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
+# --- LiteLLM's proxy for tests/test_litellm_proxy.py -------------------------
+# A real third-party OpenAI-compatible server, kept in its own venv so that
+# its many dependencies (and its own openai 2.x) never touch .venv. Installed
+# once; later runs only check the version. Pinned exactly: newer releases do
+# not install from the registry here (1.109.x need certifi>=2026.10.19, newer
+# than it has; an unpinned install backtracks to 1.106.2), and LiteLLM has
+# had compromised releases, so no version floats in.
+LITELLM_VERSION="1.106.2"
+LITELLM_VENV=".venv-litellm"
+if ! "$LITELLM_VENV/bin/python" -c \
+    "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '$LITELLM_VERSION')" \
+    2>/dev/null || [ ! -x "$LITELLM_VENV/bin/litellm" ]; then
+    litellm_started=$(date +%s)
+    "$PYTHON" -m venv "$LITELLM_VENV"
+    printf '*\n' > "$LITELLM_VENV/.gitignore"  # never committed
+    "$LITELLM_VENV/bin/python" -m pip install --quiet "litellm[proxy]==$LITELLM_VERSION"
+    echo "ci/test.sh: installed litellm[proxy]==$LITELLM_VERSION into $LITELLM_VENV" \
+        "in $(( $(date +%s) - litellm_started )) s"
+fi
+export DASK_LLM_LITELLM="$PWD/$LITELLM_VENV/bin/litellm"
+# -----------------------------------------------------------------------------
+
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?

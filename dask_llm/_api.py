@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import dask.dataframe as dd
@@ -13,10 +13,9 @@ import pandas as pd
 
 from ._budget import Budget
 from ._cache import ResponseCache
-from ._checkpoint import open_checkpoint
+from ._checkpoint import RunSpec, open_checkpoint
 from ._config import Endpoint, RetryPolicy
 from ._errors import ConfigError
-from ._manifest import RunSpec
 from ._pricing import PriceTable, price_for
 from ._progress import ProgressChannel
 from ._prompt import Prompt
@@ -64,6 +63,7 @@ def enrich(
     dedup: bool = True,
     cache: ResponseCache | str | None = None,
     progress: ProgressChannel | None = None,
+    key: str | Sequence[str] | None = None,
 ) -> Frame:
     """Add a column of LLM answers, one chat completion per row.
 
@@ -155,6 +155,13 @@ def enrich(
     progress : ProgressChannel, optional
         Where partitions report their rows as they finish, for a live
         progress display (``dask-llm run`` uses it; see ``dask_llm._progress``).
+    key : str or list of str, optional
+        With ``checkpoint``: the column(s) that identify a row, instead of
+        the index. A row is "already paid for" when a row with the same
+        request content and the same key was answered, whatever the
+        partitioning (see Notes). Pass it when the index is not stable
+        between runs, e.g. ``dd.read_csv``, which numbers each block's rows
+        from 0, with another ``blocksize``.
 
     Returns
     -------
@@ -186,12 +193,20 @@ def enrich(
 
     Notes
     -----
+    With ``checkpoint``, a row is identified by its request content (the
+    values of the columns the prompt reads), its index value (or ``key``)
+    and, for exact duplicates within a partition, its occurrence. A run with
+    other partitions (``npartitions``, ``repartition``, another blocksize or
+    file split, a shuffle, appended rows) calls only the rows whose identity
+    has no stored answer; with ``dedup=True`` a row whose key changed but
+    whose request was answered takes that answer without a call. The
+    checkpoint reads back (``dd.read_parquet``) as the latest run's rows,
+    each exactly once.
+
     A crash (killed driver or worker, Ctrl+C, an endpoint error) loses at most
-    the calls in flight plus the finished rows not yet journaled: a chunk is
-    written every ``dask-llm.checkpoint.journal-rows`` rows (default 16) or
-    ``dask-llm.checkpoint.journal-interval`` (default ``"5s"``), dask config
-    settings read by ``enrich()``. With ``journal-rows`` 1, only calls in
-    flight are lost.
+    the calls in flight plus the rows that finished during one journal write:
+    a background thread writes finished rows continuously, each write taking
+    whatever finished since the previous one returned.
     """
     job = _make_job(
         df, prompt, column, model, endpoint=endpoint, system=system, threads=threads,
@@ -202,7 +217,7 @@ def enrich(
         raise ConfigError(f"budget= must be a dask_llm.Budget, got {type(budget).__name__}")
     job = dataclasses.replace(job, budget=budget, progress=progress)
     job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
-    job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite)
+    job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite, key)
     if isinstance(df, pd.DataFrame):
         return enrich_partition(df, job)
     meta = pd.concat([df._meta, job.outputs.empty(df._meta.index)], axis=1)
@@ -303,13 +318,22 @@ def _with_checkpoint(
     storage_options: Mapping[str, Any] | None,
     retry_errors: bool,
     overwrite: bool,
+    key: str | Sequence[str] | None,
 ) -> Job:
     """``job`` with its checkpoint opened and checked. Runs last in ``enrich()``:
     the probe and manifest writes happen only once every other argument is good."""
     if checkpoint is None:
-        if storage_options is not None or retry_errors or overwrite:
-            raise ConfigError("storage_options=, retry_errors= and overwrite= need checkpoint=")
+        if storage_options is not None or retry_errors or overwrite or key is not None:
+            raise ConfigError("storage_options=, retry_errors=, overwrite= and key= need checkpoint=")
         return job
+    keys: tuple[str, ...] | None = None
+    if key is not None:
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"key= must be a column name or a list of them, got {key!r}")
+        missing = [k for k in keys if k not in {str(c) for c in df.columns}]
+        if missing:
+            raise ConfigError(f"key= names column(s) {', '.join(map(repr, missing))} that the frame does not have")
     if not isinstance(checkpoint, (str, os.PathLike)) or not os.fspath(checkpoint):
         raise ConfigError(f"checkpoint= must be a path or URL, got {checkpoint!r}")
     spec = RunSpec(
@@ -323,4 +347,4 @@ def _with_checkpoint(
         checkpoint, storage_options, spec, retry_errors=bool(retry_errors),
         overwrite=bool(overwrite), npartitions=getattr(df, "npartitions", 1),
     )
-    return dataclasses.replace(job, checkpoint=opened)
+    return dataclasses.replace(job, checkpoint=opened, key=keys)

@@ -9,7 +9,7 @@ cache), laid out as ``<url>/<key[:2]>/<key>.json``.
 
 Being shared storage, it is what shares answers *across* worker processes
 and across runs, which the in-process de-duplication cannot do. Writes are
-whole-file and atomic (:class:`~dask_llm._checkpoint_store.Store`), so a
+whole-file and atomic (:class:`~dask_llm._checkpoint.Store`), so a
 reader sees an entry whole or not at all; two processes that answer the same
 request write the same key, and either write is as good as the other. A
 cache that cannot be read or written is skipped (logged), never fatal: it
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checkpoint_store import Store, open_store
+from ._checkpoint._store import Store, open_store
 from ._errors import ConfigError
 
 __all__ = ["CachedAnswer", "ResponseCache"]

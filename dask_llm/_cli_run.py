@@ -26,7 +26,7 @@ import pandas as pd
 
 from ._api import enrich
 from ._budget import Budget
-from ._checkpoint_store import open_store
+from ._checkpoint._store import open_store
 from ._cli_scheduler import Scheduler, open_scheduler, parse_scheduler
 from ._config import Endpoint, RetryPolicy
 from ._errors import ConfigError
@@ -167,9 +167,14 @@ def cost_function(model: str) -> Callable[[int, int], float] | None:
     return price.cost if price is not None else None
 
 
-def summarize(totals: pd.DataFrame, model: str, wall: float) -> RunSummary:
+def summarize(totals: pd.DataFrame, model: str, wall: float, this_run: Snapshot | None = None) -> RunSummary:
     """The run summary, from the per-partition :data:`~dask_llm._io.TOTALS`
-    that the output tasks returned."""
+    that the output tasks returned.
+
+    The achieved calls and tokens per minute count only what this run called
+    (``this_run``, the progress tally): rows restored from a checkpoint took
+    no time, and counting them would report rates the endpoint never saw.
+    """
     sums: dict[str, Any] = {name: int(totals[name].sum()) for name in TOTALS if name != "rate_limited"}
     counted = totals["rate_limited"].dropna()
     sums["rate_limited"] = int(counted.sum()) if len(counted) else None
@@ -180,8 +185,12 @@ def summarize(totals: pd.DataFrame, model: str, wall: float) -> RunSummary:
         cost=price.cost(sums["prompt_tokens"], sums["completion_tokens"]) if price else None,
         model=model,
         wall_time=wall,
-        rpm=sums["calls"] * per_minute if per_minute else None,
-        tpm=(sums["prompt_tokens"] + sums["completion_tokens"]) * per_minute if per_minute else None,
+        rpm=(this_run.calls if this_run else sums["calls"]) * per_minute if per_minute else None,
+        tpm=(
+            (this_run.prompt_tokens + this_run.completion_tokens if this_run
+             else sums["prompt_tokens"] + sums["completion_tokens"]) * per_minute
+            if per_minute else None
+        ),  # fmt: skip
     )
 
 
@@ -287,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 output.abort()
                 raise
     output.finish(list(out.columns))
-    summary = summarize(totals, args.model, wall)
+    summary = summarize(totals, args.model, wall, tally.snapshot())
     print_summary(summary, tally.snapshot(), args.output, sys.stdout)
     if summary.rows_failed:
         hint = (

@@ -20,6 +20,10 @@ worker process raises is the one the user sees.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 __all__ = [
     "AuthenticationError",
     "CheckpointError",
@@ -30,6 +34,8 @@ __all__ = [
     "ModelNotFoundError",
     "RowError",
     "TemplateError",
+    "option",
+    "vocabulary",
 ]
 
 
@@ -89,3 +95,27 @@ class RowError(DaskLLMError):
     def __init__(self, message: str, row: object = None) -> None:
         super().__init__(message)
         self.row = row
+
+
+# -- the vocabulary of messages -----------------------------------------------
+
+_VOCABULARY: contextvars.ContextVar[str] = contextvars.ContextVar("dask_llm_vocabulary", default="python")
+
+
+@contextlib.contextmanager
+def vocabulary(kind: str) -> Iterator[None]:
+    """Word the messages raised inside for ``kind`` (``"python"`` or ``"cli"``):
+    ``dask-llm run`` says ``--overwrite`` where Python says ``overwrite=True``."""
+    token = _VOCABULARY.set(kind)
+    try:
+        yield
+    finally:
+        _VOCABULARY.reset(token)
+
+
+def option(name: str, value: object = True) -> str:
+    """How the user sets option ``name`` to ``value`` in the interface they called."""
+    if _VOCABULARY.get() == "cli":
+        flag = "--" + name.replace("_", "-")
+        return flag if value is True else f"{flag} {value}"
+    return f"{name}={value!r}"

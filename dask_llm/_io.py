@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._checkpoint_store import open_store
+from ._checkpoint._store import open_store
 from ._schema import OutputColumns
 from ._summary import RunSummary
 

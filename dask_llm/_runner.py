@@ -26,11 +26,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from ._budget import Budget, limiter_for
 from ._cache import CachedAnswer, ResponseCache
-from ._checkpoint import Checkpoint
+from ._checkpoint import FIELDS, Checkpoint
 from ._client import Failure, Kind, classify, complete
 from ._dedup import DedupPlan, call_once, plan, request_key, reused
 from ._config import Endpoint, RetryPolicy
@@ -79,6 +80,8 @@ class Job:
     dedup: bool = True
     run_id: str = ""
     cache: ResponseCache | None = None
+    #: Columns that identify a row for the checkpoint (default: the index).
+    key: tuple[str, ...] | None = None
 
     def request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": self.model, "messages": messages, **self.params}
@@ -96,6 +99,8 @@ class Outcome:
     latency: float = math.nan
     could_not_connect: bool = False
     rate_limited: int = 0
+    #: Wall-clock time (``time.time()``) when the outcome was known.
+    finished_at: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -117,67 +122,103 @@ def enrich_partition(
     """The input partition with the output columns of ``job`` appended.
 
     This is the function ``enrich`` maps over partitions. With a checkpoint,
-    rows it already holds are not called again, finished rows are journaled
-    as they come, and the result is committed at the end.
+    rows it already holds (by row identity, whatever the partitioning) are
+    not called again, finished rows are journaled as they come, and the
+    result is committed at the end.
     """
-    messages = job.prompt.render(frame)
-    requests = [job.request(m) for m in messages]
-    outcomes: list[Outcome] = [Outcome()] * len(requests)
-
-    # Checkpoint: rows already paid for (committed or journaled) are not called again.
+    n = len(frame)
+    # Checkpoint: rows already paid for are restored, not called.
     ckpt = job.checkpoint
-    saved = ckpt.partition(frame, messages, job.outputs, partition_info) if ckpt else None
-    done = saved.finished() if saved is not None else {}
-    for i, record in done.items():
-        outcomes[i] = Outcome(**record)
-    todo = [i for i in range(len(requests)) if i not in done]
-    report = partition_progress(job.progress, restored=len(done))  # a no-op without a channel
-    if saved is not None and saved.committed and not todo:
-        return pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
+    saved = (
+        ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
+                       partition_info=partition_info)
+        if ckpt is not None else None
+    )  # fmt: skip
+    todo = saved.todo if saved is not None else list(range(n))
+    report = partition_progress(job.progress, restored=n - len(todo))  # a no-op without a channel
+    if saved is not None and saved.complete:
+        with report:
+            return _result(frame, job.outputs, saved.records)
 
-    # De-duplication: one leader row per distinct request is called; its
+    # Prompts only for the rows to call: a resume renders nothing else.
+    messages = job.prompt.render(frame.iloc[todo]) if len(todo) < n else job.prompt.render(frame)
+    requests = [job.request(m) for m in messages]
+    outcomes: dict[int, Outcome] = {}  # by position in the partition
+
+    # De-duplication: one leader per distinct request is called; its
     # followers get its outcome as it arrives.
-    dedup = plan(requests, todo) if job.dedup else DedupPlan(tuple(todo), {}, {})
+    dedup = plan(requests, range(len(todo))) if job.dedup else DedupPlan(tuple(range(len(todo))), {}, {})
     spend = counter_for(job.spend_cap) if job.spend_cap is not None else None  # in the task's thread
 
     # The journal closes (saving finished rows) before the report does, so a
     # partition that no longer counts as running has nothing left unsaved.
     with report, saved.journal() if saved is not None else contextlib.nullcontext() as journal:
 
-        def store(i: int, outcome: Outcome) -> None:
-            for j in (i, *dedup.followers.get(i, ())):
-                outcomes[j] = outcome if j == i else reused(outcome)
+        def store(k: int, outcome: Outcome) -> None:
+            for j in (k, *dedup.followers.get(k, ())):
+                row = todo[j]
+                outcomes[row] = outcome if j == k else reused(outcome)
                 if journal is not None and not outcome.not_called:
-                    journal.add(j, outcomes[j])
+                    journal.add(row, outcomes[row])
             # Counted once every row of the call is stored: after Ctrl+C this
             # raises Cancelled, which stops the pool like any error.
-            for j in (i, *dedup.followers.get(i, ())):
-                report.row(outcomes[j])
+            for j in (k, *dedup.followers.get(k, ())):
+                report.row(outcomes[todo[j]])
 
-        run_rows(
-            requests, dedup.leaders, job, store, limiter or limiter_for(job.budget),
-            labels=frame.index.tolist(), spend=spend,
-        )  # fmt: skip
-    result = pd.concat([frame, to_columns(outcomes, job.outputs, frame.index)], axis=1)
+        labels = frame.index[todo].tolist() if len(todo) < n else frame.index.tolist()
+        run_rows(requests, dedup.leaders, job, store, limiter or limiter_for(job.budget), labels=labels, spend=spend)
+    fields = _fields(saved.records if saved is not None else None, outcomes, n)
+    result = _result(frame, job.outputs, fields)
     # A partition with rows left by the spend cap stays uncommitted (its
     # finished rows are journaled), so that a later run calls the rest.
-    if saved is not None and not any(o.not_called for o in outcomes):
-        saved.commit(result)
+    if saved is not None and not any(o.not_called for o in outcomes.values()):
+        saved.commit(result, fields)
     return result
+
+
+def _fields(restored: pd.DataFrame | None, outcomes: Mapping[int, Outcome], n: int) -> pd.DataFrame:
+    """The stored fields of every row, by position: restored ones, with the
+    outcomes of the rows called laid over them."""
+    if restored is None:
+        restored = pd.DataFrame({name: pd.array([None] * n, dtype=_NULLABLE[dtype]) for name, dtype in FIELDS.items()})
+    else:
+        restored = restored.copy()
+    if outcomes:
+        rows = np.fromiter(outcomes, dtype=np.int64, count=len(outcomes))
+        values = list(outcomes.values())
+        for name in FIELDS:
+            column = restored[name].copy()
+            column.iloc[rows] = pd.array([getattr(o, name) for o in values], dtype=column.dtype)
+            restored[name] = column
+    return restored
+
+
+#: Nullable dtype of each stored field while rows are being filled in.
+_NULLABLE = {"string": "string", "Int64": "Int64", "int64": "Int64", "float64": "Float64"}
+
+
+def _result(frame: pd.DataFrame, cols: OutputColumns, fields: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the output columns made from ``fields``, fixed dtypes."""
+    out = {}
+    for name, column in cols.by_field.items():
+        values = fields[name]
+        dtype = cols.dtypes[column]
+        if dtype in ("int64", "float64"):
+            values = values.to_numpy(dtype=dtype, na_value=np.nan if dtype == "float64" else 0)
+        out[column] = pd.array(values, dtype=dtype)
+    outputs = pd.DataFrame(out, index=frame.index)
+    if cols.structured is not None:
+        # Typed columns are parsed from the raw answer of each successful row.
+        ok = fields["error"].isna().to_numpy()
+        texts = [t if good else None for t, good in zip(fields["text"].tolist(), ok)]
+        outputs = pd.concat([outputs, cols.structured.to_columns(texts, frame.index)], axis=1)
+    return pd.concat([frame, outputs], axis=1)
 
 
 def to_columns(outcomes: Sequence[Outcome], cols: OutputColumns, index: pd.Index) -> pd.DataFrame:
     """Outcomes as the output columns, with the fixed dtypes."""
-    data = {name: [getattr(o, f) for o in outcomes] for f, name in cols.by_field.items()}
-    frame = pd.DataFrame(
-        {name: pd.array(values, dtype=cols.dtypes[name]) for name, values in data.items()},
-        index=index,
-    )
-    if cols.structured is None:
-        return frame
-    # Typed columns are parsed from the raw answer of each successful row.
-    typed = cols.structured.to_columns([o.text if o.ok else None for o in outcomes], index)
-    return pd.concat([frame, typed], axis=1)
+    fields = _fields(None, dict(enumerate(outcomes)), len(outcomes))
+    return _result(pd.DataFrame(index=index), cols, fields)
 
 
 def run_rows(
@@ -275,7 +316,8 @@ class _Pool:
             ok=lambda o: o.ok,
             share=job.run_id if job.dedup else None,
             cache=job.cache,
-            from_cache=lambda hit: Outcome(text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0),
+            from_cache=lambda hit: Outcome(text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0,
+                                           finished_at=time.time()),
             to_cache=lambda o: CachedAnswer(o.text, o.prompt_tokens, o.completion_tokens),
             stop=self._stop,
         )
@@ -310,6 +352,7 @@ class _Pool:
                     attempts=attempt - 1,
                     latency=time.monotonic() - start if attempt > 1 else math.nan,
                     rate_limited=rate_limited,
+                    finished_at=time.time(),
                 )
             limiter.acquire(reserve)
             try:
@@ -341,6 +384,7 @@ class _Pool:
                     attempts=attempt,
                     latency=time.monotonic() - start,
                     rate_limited=rate_limited,
+                    finished_at=time.time(),
                 )
             limiter.settle(reserve, None)
             if failure.headers is not None:
@@ -359,6 +403,7 @@ class _Pool:
                     latency=time.monotonic() - start,
                     could_not_connect=failure.kind is Kind.CONNECTION,
                     rate_limited=rate_limited,
+                    finished_at=time.time(),
                 )
 
     def _raise_if_endpoint_wide(self, failure: Failure) -> None:

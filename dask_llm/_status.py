@@ -1,10 +1,11 @@
 """``dask-llm status CHECKPOINT``: what a checkpoint holds, without running anything.
 
-Reads only the checkpoint: the manifest (which run), the partition entries
-(which partitions started), the output columns of committed partitions
-(errors, tokens) and the journals of the others (rows finished so far). The
-totals of the input come from the note ``dask-llm run`` leaves there; a
-checkpoint written from Python has none, and shows no "of N".
+Reads only the checkpoint: the manifest (which run), the ledger (every row
+paid for, by identity, whatever partitioning wrote it: committed files and
+the journals of partitions that did not finish) and the members of the
+dataset files (rows visible to ``dd.read_parquet``). The size of the input
+comes from the note ``dask-llm run`` leaves there; a checkpoint written from
+Python has none, and shows no "of N".
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from ._checkpoint_store import open_store
+from ._checkpoint import MANIFEST
+from ._checkpoint._ledger import LedgerIndex
+from ._checkpoint._store import open_store
 from ._cli_run import RUN_INFO, cost_function, parse_storage_options
-from ._journal import read_journal
-from ._manifest import INTERNAL_DIR, MANIFEST
 from ._progress_line import format_count
 
 __all__ = ["CheckpointStatus", "add_arguments", "read_status", "run"]
@@ -30,19 +28,24 @@ __all__ = ["CheckpointStatus", "add_arguments", "read_status", "run"]
 
 @dataclass
 class CheckpointStatus:
-    """Counts read from a checkpoint."""
+    """Counts read from a checkpoint.
+
+    ``rows_done`` counts each row identity once (answered or failed), however
+    many partitionings wrote it; ``rows_visible`` is what the dataset files
+    hold now (the latest run's rows that have been committed).
+    """
 
     url: str
     model: str
     column: str
-    partitions_committed: int = 0
-    partitions_started: int = 0
-    partitions_total: int | None = None
+    files: int = 0
+    rows_visible: int = 0
     rows_done: int = 0
     rows_total: int | None = None
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    rate_limited: int = 0
     command: str | None = None
 
 
@@ -66,42 +69,22 @@ def read_status(url: str, storage_options: Mapping[str, Any] | None = None) -> C
     if info_raw is not None:
         info = json.loads(info_raw)
         status.rows_total = info.get("rows")
-        status.partitions_total = info.get("partitions")
         status.command = info.get("command")
 
-    files = set(store.list())
-    entries = store.read_many(f"{INTERNAL_DIR}/parts/{n}" for n in store.list(f"{INTERNAL_DIR}/parts"))
-    for rel, data in sorted(entries.items()):
-        key = rel.rpartition("/")[2].removesuffix(".json")
-        entry = json.loads(data)
-        status.partitions_started += 1
-        if entry["file"] in files:
-            status.partitions_committed += 1
-            _count_committed(store.read(entry["file"]) or b"", column, status)
-        else:
-            rows, _ = read_journal(store, f"{INTERNAL_DIR}/journal/{key}")
-            status.rows_done += len(rows)
-            for record in rows.values():
-                status.errors += record["error"] is not None
-                status.prompt_tokens += record["prompt_tokens"] or 0
-                status.completion_tokens += record["completion_tokens"] or 0
+    index = LedgerIndex(store)
+    index.refresh()
+    records = index.all_records()
+    status.rows_done = len(records)
+    status.errors = int(records["error"].notna().sum())
+    status.prompt_tokens = int(records["prompt_tokens"].fillna(0).sum())
+    status.completion_tokens = int(records["completion_tokens"].fillna(0).sum())
+    status.rate_limited = int(records["rate_limited"].sum())
+    status.rows_visible = index.dataset_rows()
+    status.files = len([n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")])
     return status
 
 
-def _count_committed(data: bytes, column: str, status: CheckpointStatus) -> None:
-    names = [f"{column}_error", f"{column}_prompt_tokens", f"{column}_completion_tokens"]
-    # A native buffer and no thread pool: pyarrow 26 can abort at interpreter
-    # exit after reading a Python file object with threads.
-    table = pq.read_table(pa.BufferReader(data), columns=names, use_threads=False)
-    status.rows_done += table.num_rows
-    status.errors += table.num_rows - table.column(names[0]).null_count
-    status.prompt_tokens += int(table.column(names[1]).to_pandas().sum())
-    status.completion_tokens += int(table.column(names[2]).to_pandas().sum())
-
-
 def format_status(s: CheckpointStatus) -> str:
-    of_parts = f" of {s.partitions_total:,}" if s.partitions_total is not None else ""
-    in_progress = s.partitions_started - s.partitions_committed
     if s.rows_total:
         rows = f"{s.rows_done:,} of {s.rows_total:,} ({min(s.rows_done / s.rows_total, 1):.0%})"
     else:
@@ -111,8 +94,8 @@ def format_status(s: CheckpointStatus) -> str:
     lines = [
         f"checkpoint: {s.url}",
         f"model: {s.model}  column: {s.column}",
-        f"partitions: {s.partitions_committed:,} done, {in_progress:,} in progress{of_parts}",
-        f"rows done: {rows}  errors: {s.errors:,}",
+        f"rows done: {rows}  errors: {s.errors:,}  429s: {s.rate_limited:,}",
+        f"dataset: {s.rows_visible:,} rows in {s.files:,} files",
         f"tokens: {format_count(s.prompt_tokens)} in, {format_count(s.completion_tokens)} out  "
         f"cost: {f'${cost:,.4f}' if cost is not None else 'unknown'}",
     ]

@@ -2,10 +2,11 @@
 
 The simulator counts successful (billable) answers per prompt. After the
 crash and the resume every row must have been answered, and the rows answered
-twice must be at most the calls that were in flight when the process died:
-``threads`` per partition times the partitions running in the killed process.
-The journal is written every row (``journal-rows`` 1) so that this is the
-exact bound.
+twice must be at most the calls that were in flight when the process died
+(``threads`` per partition times the partitions running in the killed
+process) plus the rows that finished during the journal write in progress
+(the journal writes continuously; a local write takes about a millisecond,
+so at these rates that is at most one or two rows).
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ import dask_llm
 
 url, base_url, api_key, rows, partitions, threads = sys.argv[1:7]
 df = pd.DataFrame({"text": [f"row {i}" for i in range(int(rows))]})
-config = {"dask-llm.checkpoint.journal-rows": 1, "scheduler": "threads", "num_workers": 2}
-with dask.config.set(config):
+with dask.config.set({"scheduler": "threads", "num_workers": 2}):
     out = dask_llm.enrich(
         dd.from_pandas(df, npartitions=int(partitions)), "Say: {text}", "ans", "m",
         endpoint=dask_llm.Endpoint(base_url=base_url, api_key=api_key, timeout=10.0),
@@ -84,11 +84,16 @@ def wait_for_successes(sim: Simulator, at_least: int, alive: Callable[[], bool],
     raise TimeoutError(f"fewer than {at_least} answers within {timeout} s")
 
 
+#: Rows that may finish during the one journal write a kill interrupts.
+DURING_ONE_WRITE = 2
+
+
 def check_everything_paid_once(sim: Simulator, in_flight: int, path: Path) -> None:
     counts = sim.stats()["success_by_prompt"]
     assert set(counts) == {f"Say: row {i}" for i in range(ROWS)}  # every row answered
     repeated = sum(c - 1 for c in counts.values())
-    assert repeated <= in_flight, f"{repeated} rows paid twice, more than {in_flight} in flight"
+    bound = in_flight + DURING_ONE_WRITE
+    assert repeated <= bound, f"{repeated} rows paid twice, more than {in_flight} in flight + {DURING_ONE_WRITE}"
     table = pq.read_table(path)
     assert table.num_rows == ROWS
     back = table.to_pandas()
@@ -96,14 +101,14 @@ def check_everything_paid_once(sim: Simulator, in_flight: int, path: Path) -> No
     assert back["ans_error"].isna().all()
 
 
-def driver(url: Path, sim: Simulator) -> subprocess.Popen[str]:
-    args = [str(url), sim.url, API_KEY, str(ROWS), str(PARTITIONS), str(THREADS)]
+def driver(url: Path, sim: Simulator, partitions: int = PARTITIONS) -> subprocess.Popen[str]:
+    args = [str(url), sim.url, API_KEY, str(ROWS), str(partitions), str(THREADS)]
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def test_killed_driver_resumes_without_paying_twice(
+def test_killed_driver_resumes_under_other_partitions_without_paying_twice(
     start_sim: Callable[..., Simulator], tmp_path: Path
 ) -> None:
     sim = start_sim(mode="echo", latency=LATENCY)
@@ -117,15 +122,24 @@ def test_killed_driver_resumes_without_paying_twice(
     assert first.returncode == -signal.SIGKILL
     assert at_kill < ROWS
 
-    resumed = driver(tmp_path, sim)
+    # The resume runs with other partitions: the rows are found all the same.
+    resumed = driver(tmp_path, sim, partitions=5)
     try:
         out, err = resumed.communicate(timeout=120)
     finally:
         resumed.kill()
     assert resumed.returncode == 0 and "done" in out, err
     check_everything_paid_once(sim, THREADS * DRIVER_PARTITIONS_AT_ONCE, tmp_path)
-    # The resume called only what was missing (plus what was in flight).
-    assert sim.stats()["successes"] - at_kill < ROWS - ROWS // 3 + THREADS * DRIVER_PARTITIONS_AT_ONCE
+    paid = sim.stats()["successes"]
+    # And a third run, with yet other partitions, calls nothing at all.
+    third = driver(tmp_path, sim, partitions=3)
+    try:
+        out, err = third.communicate(timeout=120)
+    finally:
+        third.kill()
+    assert third.returncode == 0 and "done" in out, err
+    assert sim.stats()["successes"] == paid
+    assert pq.read_table(tmp_path).num_rows == ROWS
 
 
 def test_killed_worker_is_replaced_and_its_rows_are_not_paid_twice(
@@ -136,9 +150,8 @@ def test_killed_worker_is_replaced_and_its_rows_are_not_paid_twice(
     client: Client = process_cluster  # type: ignore[assignment]
     sim = start_sim(mode="echo", latency=LATENCY)
     df = pd.DataFrame({"text": [f"row {i}" for i in range(ROWS)]})
-    with dask.config.set({"dask-llm.checkpoint.journal-rows": 1}):
-        out = dask_llm.enrich(dd.from_pandas(df, npartitions=PARTITIONS), "Say: {text}", "ans", "m",
-                              endpoint=endpoint_for(sim), threads=THREADS, checkpoint=tmp_path)  # fmt: skip
+    out = dask_llm.enrich(dd.from_pandas(df, npartitions=PARTITIONS), "Say: {text}", "ans", "m",
+                          endpoint=endpoint_for(sim), threads=THREADS, checkpoint=tmp_path)  # fmt: skip
     pids = client.run(os.getpid)
     future = client.compute(out)
     try:
@@ -159,8 +172,8 @@ def test_killed_worker_is_replaced_and_its_rows_are_not_paid_twice(
 def test_ctrl_c_keeps_the_rows_waiting_for_the_journal(
     start_sim: Callable[..., Simulator], tmp_path: Path
 ) -> None:
-    # Default cadence: up to 15 finished rows wait for their chunk. Ctrl+C must
-    # save them on the way out, so only the calls in flight are repeated.
+    # Ctrl+C must save what the journal has not written yet on the way out,
+    # so only the calls in flight are repeated.
     sim = start_sim(mode="echo", latency=LATENCY)
     threads = 2 * THREADS  # one partition at a time here: twice the threads, same in-flight scale
     args = [str(tmp_path), sim.url, API_KEY, str(ROWS), str(threads)]

@@ -1,59 +1,45 @@
-"""The row journal: finished rows of a partition, saved while it runs.
+"""The row journal: finished rows of a running partition, saved as they come.
 
 A partition can take hours; committing it only at the end would lose every
-paid answer when a worker dies. So the runner hands each row's outcome to a
-:class:`JournalWriter`, which writes the rows in small chunk files (every
-``rows`` rows or ``interval`` seconds, whichever comes first) under the
-partition's journal directory. Each chunk is one atomic write, so a chunk is
-there whole or not at all, and the chunks of two attempts of the same task
-never collide (each writer has its own name prefix).
+paid answer when a worker or the driver dies. So the runner hands each
+row's outcome to a :class:`JournalWriter`, whose background thread writes
+continuously: each write is one small chunk file holding every row that
+finished since the previous write returned, then the next write starts at
+once if more rows are waiting. A crash therefore loses the calls in flight
+plus the rows that finished during one write (a local write takes about a
+millisecond, an S3 PUT tens of milliseconds: far less than one model call),
+and the pool threads never wait for storage.
 
-A crash loses the calls in flight plus the rows not yet written: fewer than
-``rows`` of them, and none older than ``interval``. With ``rows=1`` a thread
-does not take its next row before its last one is saved, so only the calls
-in flight are lost.
-
-The chunk is written by the thread that fills it (a pool thread), not a
-background thread, so that ``rows`` is a hard bound: a background writer
-could fall behind without limit. Writes are one small file, ~1 ms locally and
-tens of ms on S3, against calls that take seconds.
+Each chunk is one atomic write under the partition's journal directory, so
+a chunk is there whole or not at all, and the chunks of two attempts of the
+same task never collide (each writer has its own name prefix). Chunks are
+ledger files (:mod:`._ledger`): what they record is found by identity, by any
+later partition of any partitioning.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from ._checkpoint_store import Store
-from ._errors import CheckpointError
+from ._identity import RowIds
+from ._ledger import FIELDS, LedgerIndex, dicts_table, records_to_jsonl
+from ._store import Store
+from .._errors import CheckpointError
 
-__all__ = ["FIELDS", "JournalWriter", "read_journal"]
+__all__ = ["JournalWriter"]
 
 logger = logging.getLogger("dask_llm.checkpoint")
 
-#: The fields of a row's outcome that are stored (those the output columns hold).
-FIELDS = ("text", "error", "prompt_tokens", "completion_tokens", "attempts", "latency")
-
-Record = dict[str, Any]
-
-
-class _Outcome(Protocol):
-    text: str | None
-    error: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    attempts: int
-    latency: float
+#: Seconds the writer keeps retrying a failed write on exit before giving up.
+CLOSE_TIMEOUT = 10.0
 
 
 class JournalWriter:
-    """Save row outcomes of one partition in chunks; a context manager.
+    """Save the outcomes of one partition's rows continuously; a context manager.
 
     Parameters
     ----------
@@ -61,49 +47,31 @@ class JournalWriter:
         Where the checkpoint lives.
     directory : str
         The partition's journal directory, relative to the store's root.
-    rows : int
-        Write a chunk as soon as this many rows are waiting.
-    interval : float
-        Also write waiting rows at least this often, in seconds, so slow rows
-        are saved too.
-    before_first : callable, optional
-        Called once, before the first chunk is written (the partition's
-        entry is written there, off the partition's start-up path).
-
-    Leaving the context writes what is still waiting, also when the partition
-    stops on an error or a KeyboardInterrupt: finished rows are kept. Rows
-    handed over after that (calls that were still in flight) are dropped.
+    ids : RowIds
+        The partition's row identities (rows are added by position).
+    index : LedgerIndex, optional
+        This process's ledger index, told about each chunk written, so that
+        other partitions here see the rows without reading them back.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        directory: str,
-        rows: int,
-        interval: float,
-        before_first: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, store: Store, directory: str, ids: RowIds, index: LedgerIndex | None = None) -> None:
         self.store = store
-        self._before_first = before_first
         self.directory = directory
-        self.rows = rows
-        self.interval = interval
-        # Chunk names sort by writer start, then sequence: a later attempt's
-        # chunks come after an earlier one's.
-        self._prefix = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        self.ids = ids
+        self.index = index
+        self.written: list[str] = []  # chunk files, relative to the store's root
+        self.rows_written = 0
+        self._prefix = uuid.uuid4().hex[:12]
         self._seq = 0
-        #: Chunks written so far, relative to the store's root.
-        self.written: list[str] = []
-        self._pending: list[Record] = []
-        self._lock = threading.Lock()  # guards _pending and _closed
-        self._write_lock = threading.Lock()  # one chunk write at a time
+        self._pending: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
         self._closed = False
+        self._writing = False
         self._error: CheckpointError | None = None
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="dask-llm-journal", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dask-llm-journal", daemon=True)
 
     def __enter__(self) -> JournalWriter:
-        self._ticker.start()
+        self._thread.start()
         return self
 
     def __exit__(
@@ -112,98 +80,84 @@ class JournalWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(CLOSE_TIMEOUT)
         try:
-            self.flush(close=True)
+            self._write_pending()  # whatever the thread left (e.g. after an error)
         except CheckpointError:
             if exc is None:
                 raise
             # The error that stopped the partition is the one to report.
             logger.warning("journal of %s not saved on exit", self.directory, exc_info=True)
-        self._ticker.join(timeout=self.interval + 1.0)
 
-    def add(self, row: int, outcome: _Outcome) -> None:
-        """Queue the outcome of row number ``row`` (its position in the
-        partition); write a chunk if enough rows wait. Thread-safe.
+    def add(self, position: int, outcome: Any) -> None:
+        """Queue the outcome of the row at ``position``; thread-safe and
+        non-blocking.
 
         Raises
         ------
         CheckpointError
-            A chunk could not be written (now or by the timer).
+            An earlier write failed: the rows cannot be saved, so the
+            partition should stop rather than pay for rows it would lose.
         """
         if self._error is not None:
             raise self._error
-        record = {"i": row, **{f: getattr(outcome, f) for f in FIELDS}}
-        with self._lock:
-            if self._closed:
-                return
+        ids = self.ids
+        record = {"hi": int(ids.hi[position]), "lo": int(ids.lo[position]), "content": int(ids.content[position])}
+        record.update({name: getattr(outcome, name) for name in FIELDS})
+        with self._cond:
             self._pending.append(record)
-            due = len(self._pending) >= self.rows
-        if due:
-            self.flush()
+            self._cond.notify()
 
-    def flush(self, close: bool = False) -> None:
-        """Write every waiting row as one chunk. When this returns, the rows
-        queued before the call are saved, whoever wrote them."""
-        with self._write_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-                self._closed = self._closed or close
-            if not batch:
-                return
-            name = f"{self.directory}/{self._prefix}-{self._seq:06d}.jsonl"
-            data = "\n".join(json.dumps(r, ensure_ascii=False) for r in batch).encode()
-            try:
-                if self._before_first is not None:
-                    self._before_first()
-                    self._before_first = None
-                self.store.write(name, data)
-            except Exception as exc:
-                with self._lock:
-                    self._pending[:0] = batch  # keep them for the next try
-                if isinstance(exc, CheckpointError):
-                    raise
-                raise CheckpointError(
-                    f"could not write the row journal to {self.store.url}/{name}: {exc}"
-                ) from exc
-            self.written.append(name)
-            self._seq += 1
+    def flush(self) -> None:
+        """Return once every row queued before the call is written.
 
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
+        Raises
+        ------
+        CheckpointError
+            The write failed.
+        """
+        self._write_pending()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
             try:
-                self.flush()
+                self._write_pending()
             except CheckpointError as exc:
                 self._error = exc  # raised by the next add(), in a pool thread
                 return
 
-
-def read_journal(store: Store, directory: str) -> tuple[dict[int, Record], list[str]]:
-    """The saved outcome of each journaled row, by row number, and the chunk
-    files read (relative to the store's root).
-
-    When a row was saved more than once (a retried error), a success wins
-    over an error, and otherwise the later chunk wins.
-    """
-    names = [n for n in store.list(directory) if n.endswith(".jsonl")]
-    chunks = store.read_many(f"{directory}/{n}" for n in names)
-    rows: dict[int, Record] = {}
-    for rel in sorted(chunks):
-        for line in chunks[rel].decode().splitlines():
-            try:
-                record = json.loads(line)
-                row = int(record.pop("i"))
-                record = {f: record[f] for f in FIELDS}
-            except (ValueError, KeyError, TypeError):
-                # Chunks are written atomically, so this is damage from outside;
-                # the row is simply called again.
-                logger.warning("skipping a malformed journal line in %s", rel)
-                continue
-            if _ok(rows.get(row)) and not _ok(record):
-                continue
-            rows[row] = record
-    return rows, sorted(chunks)
-
-
-def _ok(record: Mapping[str, Any] | None) -> bool:
-    return record is not None and record["error"] is None
+    def _write_pending(self) -> None:
+        with self._cond:
+            if self._writing:
+                # The thread is writing: it takes the rest when it returns.
+                while self._writing:
+                    self._cond.wait(0.1)
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            self._writing = True
+            name = f"{self.directory}/{self._prefix}-{self._seq:06d}.jsonl"
+            self._seq += 1
+        try:
+            self.store.write(name, records_to_jsonl(batch))
+        except Exception as exc:
+            with self._cond:
+                self._pending[:0] = batch  # kept for the next try
+                self._writing = False
+                self._cond.notify_all()
+            raise CheckpointError(f"could not write the row journal to {self.store.url}/{name}: {exc}") from exc
+        if self.index is not None:
+            self.index.register(name, dicts_table(batch), committed=False)
+        with self._cond:
+            self.written.append(name)
+            self.rows_written += len(batch)
+            self._writing = False
+            self._cond.notify_all()

@@ -1,69 +1,87 @@
-"""Checkpoint and resume: no finished row is paid for twice.
+"""Checkpoint and resume: no finished row is paid for twice, whatever the partitioning.
 
 Layout under the checkpoint URL::
 
-    part-00000-<key16>.parquet     committed partitions: the output dataset
-    part-00001-<key16>.parquet     (input columns, index, output columns)
-    _dask_llm/manifest.json        the run: prompt, model, params, schema
-    _dask_llm/parts/<key>.json     partition key -> its file name
-    _dask_llm/journal/<key>/*.jsonl  rows finished in uncommitted partitions
+    part-00000-<key16>.parquet         the dataset: the partitions of the latest
+    part-00001-<key16>.parquet         run (input columns, index, output columns)
+    _dask_llm/manifest.json            the run: prompt, model, params, schema
+    _dask_llm/rows/<part>.arrow        the ledger: rows paid for, by identity
+    _dask_llm/journal/<key>/*.jsonl    the ledger: rows of partitions still running
+    _dask_llm/members/<part>.arrow     the row identities each dataset file holds
 
 Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
-``pyarrow.parquet.read_table(url)`` see exactly the committed partitions.
+``pyarrow.parquet.read_table(url)`` see exactly the dataset files.
 
-A partition is keyed by its content, not its number: dask's optimizer may
-fuse partitions, so numbers change between graphs. The key hashes the run,
-the requests the partition sends and the partition's rows (so two partitions
-that happen to send the same prompts are still two files). The number only
-names the file, so that a listing sorts in input order; lookups go through
-``_dask_llm/parts/<key>.json``, one read per partition whatever the number
-of partitions. The entry is written before the partition's first journal
-chunk or its Parquet file, so:
+*Paid* is a property of a row (:mod:`._identity`), recorded in the ledger
+(:mod:`._ledger`); the dataset is a property of a run. A partition:
 
-- no entry: the partition never started; nothing to list or read;
-- an entry naming a file that does not exist: started, read the journal;
-- the file exists: committed. A crash can never leave a Parquet file that no
-  entry names (an orphan that would duplicate rows in the dataset).
+1. computes its rows' identities and looks them up in this process's ledger
+   index: rows found are restored, the others are called;
+2. **fast path**: if the dataset already holds exactly this partition (a
+   file with its number and content key, listing exactly its rows), and every
+   row is found, nothing is called or written;
+3. otherwise it calls the missing rows (journaling them continuously), then
+   commits: the records of rows no committed ledger file holds yet go to
+   ``rows/<part>.arrow`` (its journal chunks are then deleted); the dataset
+   files of *earlier runs* that hold any of its rows are deleted (their other
+   rows belong to other partitions of this run, which rewrite them, and are
+   in the ledger meanwhile); then its members file and its dataset file are
+   written, each atomically.
 
-Repeated tasks (lost worker, recomputation) are idempotent: they find the
-commit or the journal, and a second commit of the same key writes the same
-file name with the same content.
+So after any sequence of runs that completes, the dataset holds the latest
+run's rows exactly once (rows of earlier files are superseded, never
+duplicated), and during a run it holds no row twice: a file is deleted
+before the rows it held are written again. Files of the same run never
+supersede each other, so two partitions that happen to hold identical rows
+keep both. A crash leaves the ledger whole; the next run finishes the
+dataset without calling anything again.
+
+Repeated tasks (lost worker, recomputation, speculation) are idempotent:
+they find their rows in the ledger (their earlier attempt's journal is
+read back by identity), and a second commit writes the same file names.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask.config
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dask.utils import parse_timedelta
 
-from ._checkpoint_store import Store, open_store
-from ._errors import CheckpointError
-from ._journal import FIELDS, JournalWriter, Record, read_journal
-from ._manifest import INTERNAL_DIR, RunSpec, claim
-from ._prompt import messages_fingerprint
-from ._schema import OutputColumns
+from .._errors import CheckpointError
+from ._identity import RowIds, row_ids
+from ._journal import JournalWriter
+from ._ledger import (
+    JOURNAL_DIR,
+    MEMBERS_DIR,
+    ROWS_DIR,
+    Found,
+    LedgerIndex,
+    index_for,
+    LEDGER_SUFFIX,
+    members_to_arrow,
+    records_table,
+    table_to_arrow,
+)
+from ._manifest import RunSpec, claim
+from ._store import Store, open_store
 
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
 logger = logging.getLogger("dask_llm.checkpoint")
 
-#: dask.config keys of the journal cadence, read once by ``enrich()``.
-JOURNAL_ROWS_KEY = "dask-llm.checkpoint.journal-rows"
-JOURNAL_INTERVAL_KEY = "dask-llm.checkpoint.journal-interval"
-DEFAULT_JOURNAL_ROWS = 16
-DEFAULT_JOURNAL_INTERVAL = "5s"
+
+def new_epoch() -> str:
+    """A run's epoch: sorts after every earlier run's (wall-clock nanoseconds)."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -78,36 +96,54 @@ class Checkpoint:
     url : str
         Root of the checkpoint, protocol-qualified and absolute.
     storage_options : mapping
-        fsspec options for ``url`` (credentials, endpoint).
+        fsspec options for ``url`` (credentials, endpoint). Not shown in the repr.
     run : str
         Fingerprint of the run (:attr:`RunSpec.fingerprint`).
+    manifest_id : str
+        Id of the manifest claimed by ``enrich()``.
+    epoch : str
+        This run's epoch (:func:`new_epoch`): dataset files of earlier epochs
+        that hold a partition's rows are superseded by it.
     retry_errors : bool
         Call again the rows whose stored outcome is an error.
-    journal_rows, journal_interval : int, float
-        Journal cadence, see :class:`~dask_llm._journal.JournalWriter`.
     width : int
         Digits of the partition number in file names.
     """
 
     url: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     run: str = ""
+    manifest_id: str = ""
+    epoch: str = ""
     retry_errors: bool = False
-    journal_rows: int = DEFAULT_JOURNAL_ROWS
-    journal_interval: float = 5.0
     width: int = 5
 
     def partition(
         self,
         frame: pd.DataFrame,
-        messages: Sequence[Any],
-        outputs: OutputColumns,
+        columns: Sequence[str],
+        *,
+        key: Sequence[str] | None = None,
+        share_content: bool = True,
         partition_info: Mapping[str, Any] | None = None,
     ) -> PartitionCheckpoint:
-        """The checkpoint of one partition, about to be enriched."""
+        """The checkpoint of one partition, about to be enriched.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            The partition.
+        columns : sequence of str
+            The columns the prompt reads (what decides each row's request).
+        key : sequence of str, optional
+            Columns identifying a row; default its index.
+        share_content : bool
+            A row not found by identity may take the stored answer of another
+            row with the same request (the job's ``dedup``).
+        """
         number = int((partition_info or {}).get("number") or 0)
-        key = partition_key(self.run, frame, messages)
-        return PartitionCheckpoint(self, _open(self), key, number, len(frame), outputs)
+        ids = row_ids(frame, columns, key)
+        return PartitionCheckpoint(self, _open(self), ids, number, share_content)
 
 
 def _open(ckpt: Checkpoint) -> Store:
@@ -117,156 +153,112 @@ def _open(ckpt: Checkpoint) -> Store:
         raise CheckpointError(f"cannot open checkpoint {ckpt.url}: {exc}") from exc
 
 
-def partition_key(run: str, frame: pd.DataFrame, messages: Sequence[Any]) -> str:
-    """Content key of a partition: the run, its requests, and its rows."""
-    h = hashlib.sha256()
-    h.update(run.encode())
-    h.update(messages_fingerprint(messages).encode())
-    h.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
-    try:
-        hashed = pd.util.hash_pandas_object(frame, index=True)
-    except TypeError:  # unhashable cells (lists, dicts): hash their text
-        hashed = pd.util.hash_pandas_object(frame.astype(str), index=True)
-    h.update(hashed.to_numpy().tobytes())
-    return h.hexdigest()
-
-
 class PartitionCheckpoint:
     """What is saved of one partition, and how to save the rest.
 
-    Use: :meth:`finished` -> run the other rows under :meth:`journal` ->
-    :meth:`commit` the result.
+    Use: :attr:`complete` (nothing to do) or :attr:`todo` -> call them under
+    :meth:`journal` -> :meth:`commit` the result.
     """
 
-    def __init__(
-        self,
-        ckpt: Checkpoint,
-        store: Store,
-        key: str,
-        number: int,
-        n_rows: int,
-        outputs: OutputColumns,
-    ) -> None:
+    def __init__(self, ckpt: Checkpoint, store: Store, ids: RowIds, number: int, share_content: bool) -> None:
         self.ckpt = ckpt
         self.store = store
-        self.key = key
+        self.ids = ids
         self.number = number
-        self.n_rows = n_rows
-        self.outputs = outputs
-        self.committed = False
-        self._file: str | None = None  # known once the entry exists
-        self._chunks: list[str] = []  # journal chunks read
+        self.key = ids.digest
+        self.name = f"part-{number:0{ckpt.width}d}-{self.key[:16]}"
+        self.journal_dir = f"{JOURNAL_DIR}/{self.key[:32]}"
+        self.index: LedgerIndex = index_for(store, ckpt.manifest_id)
         self._writer: JournalWriter | None = None
-
-    @property
-    def _entry(self) -> str:
-        return f"{INTERNAL_DIR}/parts/{self.key}.json"
-
-    @property
-    def _journal_dir(self) -> str:
-        return f"{INTERNAL_DIR}/journal/{self.key}"
-
-    def finished(self) -> dict[int, Record]:
-        """Stored outcomes of rows that need no call, by row number.
-
-        Sets :attr:`committed` when the partition's file exists. With
-        ``retry_errors``, rows stored as errors are left out (called again).
-        """
         try:
-            raw = self.store.read(self._entry)
-            if raw is None:
-                # Never started: the entry is written before any journal
-                # chunk, so there is nothing to list.
-                return {}
-            self._file = str(json.loads(raw)["file"])
-            rows = self._read_committed()
-            if not self.committed or self.ckpt.retry_errors:
-                # A commit deletes the journal; with retry_errors it may hold
-                # retries newer than the committed file.
-                journaled, self._chunks = read_journal(self.store, self._journal_dir)
-                for i, record in journaled.items():
-                    if i in rows and rows[i]["error"] is None:
-                        continue  # a success is final
-                    rows[i] = record
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"cannot read partition {self.number} from checkpoint {self.store.url}: {exc}"
-            ) from exc
-        if self.ckpt.retry_errors:
-            rows = {i: r for i, r in rows.items() if r["error"] is None}
-        return rows
+            self.index.refresh(self.journal_dir)
+            self.found: Found = self.index.lookup(ids, share_content=share_content)
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise CheckpointError(f"cannot read the ledger of checkpoint {store.url}: {exc}") from exc
+        usable = self.found.found | self.found.shared
+        if ckpt.retry_errors:
+            usable &= self.found.records["error"].isna().to_numpy()
+        self.restored = usable
+        #: Positions of the rows to call.
+        self.todo: list[int] = np.flatnonzero(~usable).tolist()
+        members = self.index.members_of(self.name)
+        #: The dataset already holds exactly this partition, every row restored.
+        self.complete = (
+            not self.todo
+            and bool(self.found.found.all())
+            and members is not None
+            and len(members) == len(ids)
+        )
 
-    def _read_committed(self) -> dict[int, Record]:
-        assert self._file is not None
-        data = self.store.read(self._file)
-        if data is None:  # started, not committed
-            return {}
-        names = {f: self.outputs.by_field[f] for f in FIELDS}
-        table = pq.read_table(pa.BufferReader(data), columns=list(names.values()))
-        if table.num_rows != self.n_rows:
-            logger.warning("ignoring %s: %d rows, expected %d", self._file, table.num_rows, self.n_rows)
-            return {}
-        self.committed = True
-        columns = {f: table.column(n).to_pylist() for f, n in names.items()}
-        return {i: {f: columns[f][i] for f in FIELDS} for i in range(self.n_rows)}
+    @property
+    def records(self) -> pd.DataFrame:
+        """The stored fields of each row (null where it is to be called)."""
+        return self.found.records
 
     def journal(self) -> JournalWriter:
-        """A journal writer for the rows about to be called (a context manager).
-
-        The partition's entry, if it has none, is written just before the
-        first chunk: a journal never exists without an entry pointing to it.
-        """
-        self._writer = JournalWriter(
-            self.store, self._journal_dir, self.ckpt.journal_rows, self.ckpt.journal_interval,
-            before_first=self._start,
-        )  # fmt: skip
+        """A journal writer for the rows about to be called (a context manager)."""
+        self._writer = JournalWriter(self.store, self.journal_dir, self.ids, self.index)
         return self._writer
 
-    def _start(self) -> None:
-        """Write the entry naming the partition's file, once."""
-        if self._file is not None:
-            return
-        name = f"part-{self.number:0{self.ckpt.width}d}-{self.key[:16]}.parquet"
-        entry = {"file": name, "partition": self.number, "rows": self.n_rows}
-        try:
-            self.store.write(self._entry, json.dumps(entry).encode())
-        except OSError as exc:
-            raise CheckpointError(
-                f"could not start partition {self.number} in checkpoint {self.store.url}: {exc}"
-            ) from exc
-        self._file = name
+    def commit(self, result: pd.DataFrame, fields: pd.DataFrame) -> None:
+        """Record the rows, supersede earlier files, and write the dataset file.
 
-    def commit(self, result: pd.DataFrame) -> None:
-        """Write the enriched partition as one Parquet file, atomically, then
-        drop its journal chunks.
+        Parameters
+        ----------
+        result : pandas.DataFrame
+            The enriched partition, as returned to the user.
+        fields : pandas.DataFrame
+            The :data:`~._ledger.FIELDS` of every row, by position.
 
         Raises
         ------
         CheckpointError
-            The file could not be written; the journal is kept.
+            A write failed; what was saved before it (journal, ledger) stands.
         """
-        self._start()
-        assert self._file is not None
-        # The output columns have fixed extension dtypes, so an all-null error
-        # column is still a string column and every file has one schema.
-        table = pa.Table.from_pandas(result, preserve_index=True)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
+        store, index = self.store, self.index
         try:
-            self.store.write(self._file, buffer.getvalue())
-        except OSError as exc:
+            # 1. The ledger: rows no committed file holds yet, in one file.
+            fresh = np.flatnonzero(~self.found.committed)
+            if len(fresh):
+                records = records_table(self.ids, fresh, fields)
+                rel = f"{ROWS_DIR}/{self.name}{LEDGER_SUFFIX}"
+                store.write(rel, table_to_arrow(records))
+                index.register(rel, records, committed=True)
+            # 2. Journal chunks whose every row is now committed.
+            chunks = set(self._writer.written if self._writer is not None else ())
+            chunks.update(index.journals_holding(self.ids))
+            covered = sorted(c for c in chunks if index.covered(c))
+            store.remove_files(covered)
+            for chunk in covered:
+                index.forget_chunk(chunk)
+            store.remove_empty_dir(self.journal_dir)
+            # 3. Files of earlier runs holding any of these rows.
+            held = np.concatenate([self.ids.hi, self.found.matched[self.found.matched != 0]])
+            for name, epoch in sorted(index.files_holding(held).items()):
+                if name != self.name and epoch < self.ckpt.epoch:
+                    store.remove_files([f"{name}.parquet"])
+                    store.remove_files([f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}"])
+                    index.forget_members(name)
+            # 4. Members first: a dataset file never exists without one, so
+            #    it can always be superseded.
+            store.write(f"{MEMBERS_DIR}/{self.name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
+            index.register_members(self.name, self.ids, self.ckpt.epoch)
+            store.write(f"{self.name}.parquet", _parquet(result))
+        except CheckpointError:
+            raise
+        except Exception as exc:
             raise CheckpointError(
-                f"could not commit partition {self.number} to {self.store.url}/{self._file}: {exc}"
+                f"could not commit partition {self.number} to checkpoint {store.url}: {type(exc).__name__}: {exc}"
             ) from exc
-        self.committed = True
-        # Only the chunks this task read or wrote: a concurrent attempt's new
-        # chunks are not ours to delete.
-        chunks = self._chunks + (self._writer.written if self._writer is not None else [])
-        try:
-            self.store.remove_files(chunks)
-            self.store.remove_empty_dir(self._journal_dir)
-        except OSError:  # harmless: a committed partition's journal is not read again
-            logger.warning("could not delete journal %s", self._journal_dir, exc_info=True)
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    # The output columns have fixed extension dtypes, so an all-null error
+    # column is still a string column and every file has one schema.
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def open_checkpoint(
@@ -291,7 +283,7 @@ def open_checkpoint(
     try:
         store = open_store(shown, storage_options)
         store.makedirs()
-        probe = f"{INTERNAL_DIR}/.probe-{uuid.uuid4().hex}"
+        probe = f"_dask_llm/.probe-{uuid.uuid4().hex}"
         store.write(probe, b"")
         store.remove(probe)
     except Exception as exc:  # whatever the backend raises, name the path
@@ -299,22 +291,16 @@ def open_checkpoint(
             f"checkpoint path {shown!r} is not writable: {type(exc).__name__}: {exc}"
         ) from exc
     try:
-        claim(store, spec, overwrite)
+        manifest_id = claim(store, spec, overwrite)
     except OSError as exc:
         raise CheckpointError(f"cannot use checkpoint path {shown!r}: {exc}") from exc
-    rows = dask.config.get(JOURNAL_ROWS_KEY, DEFAULT_JOURNAL_ROWS)
-    interval = parse_timedelta(dask.config.get(JOURNAL_INTERVAL_KEY, DEFAULT_JOURNAL_INTERVAL))
-    if not isinstance(rows, int) or rows < 1 or not interval or interval <= 0:
-        raise CheckpointError(
-            f"{JOURNAL_ROWS_KEY} must be a positive integer and {JOURNAL_INTERVAL_KEY} "
-            f"a positive duration, got {rows!r} and {interval!r}"
-        )
     return Checkpoint(
         url=store.url,
         storage_options=dict(storage_options or {}),
         run=spec.fingerprint,
+        manifest_id=manifest_id,
+        epoch=new_epoch(),
         retry_errors=retry_errors,
-        journal_rows=rows,
-        journal_interval=float(interval),
         width=max(5, len(str(max(npartitions - 1, 0)))),
     )
+

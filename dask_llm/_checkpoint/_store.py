@@ -18,6 +18,8 @@ left by a crash never shows up in the output dataset.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,8 +29,15 @@ from fsspec import AbstractFileSystem
 
 __all__ = ["Store", "open_store"]
 
+_create_lock = threading.Lock()
+
 #: Protocols whose writes are single atomic PUTs and whose renames are copies.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss"})
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
 
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Store:
@@ -96,6 +105,41 @@ class Store:
                 self.fs.rm_file(temp)
             raise
 
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write a whole file only if none exists there, atomically with
+        respect to other writers: ``False`` (nothing written) when one does.
+
+        Uses the storage's own conditional create, never read-then-write:
+        a hard link of a finished temporary file on local disk (``link``
+        fails if the target exists), ``If-None-Match: *`` on S3 (which
+        s3fs maps to ``FileExistsError``), and exclusive mode elsewhere.
+        """
+        target = self.path(rel)
+        if self.object_store:
+            try:
+                self.fs.pipe_file(target, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        parent, _, name = target.rpartition("/")
+        self.fs.makedirs(parent, exist_ok=True)
+        if _is_local(self.fs):
+            temp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
+            with open(temp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temp)
+            return True
+        with _create_lock:  # memory:// and the like live in this process
+            if self.fs.exists(target):
+                return False
+            self.write(rel, data)
+            return True
+
     def read(self, rel: str) -> bytes | None:
         """A whole file, or ``None`` when it does not exist."""
         try:
@@ -128,6 +172,25 @@ class Store:
             return []
         names = (str(e).rstrip("/").rpartition("/")[2] for e in entries)
         return sorted(n for n in names if n and not n.startswith("."))
+
+    def find(self, rel: str) -> list[str]:
+        """Every file under a directory, recursively, as paths relative to
+        it, without dot-prefixed temporary files; empty when it does not exist."""
+        where = self.path(rel)
+        self.fs.invalidate_cache(where)
+        try:
+            found = self.fs.find(where)
+        except FileNotFoundError:
+            return []
+        prefix = self.fs._strip_protocol(where).rstrip("/") + "/"
+        out = []
+        for path in found:
+            path = self.fs._strip_protocol(str(path))
+            if path.startswith(prefix):
+                tail = path[len(prefix):]
+                if not any(part.startswith(".") for part in tail.split("/")):
+                    out.append(tail)
+        return sorted(out)
 
     def remove_files(self, rels: Iterable[str]) -> None:
         """Delete these files (one bulk request on object stores); missing is fine."""

@@ -1,0 +1,242 @@
+"""Benchmark of resuming under other partitions: what is paid again, and what it costs.
+
+Two measurements:
+
+1. **Acceptance run** (issue 9): 2,000 rows on a ``LocalCluster`` of 2 worker
+   processes (1 partition at a time each, 16 calls in flight per partition),
+   against a simulator in its own process at 0.5 s latency. The driver is
+   SIGKILLed mid-run with 8 partitions, re-run with 5, then with 3. Reported:
+   extra paid calls (answers billed more than once), calls of the third run,
+   and the rows ``dd.read_parquet(checkpoint)`` returns.
+2. **Resume cost**: a fully answered checkpoint of ``--big-rows`` rows
+   (1,000,000 by default; the first run sends 1,000 distinct requests, the
+   rest are shared answers, so building it takes seconds) resumed under
+   another partitioning, against ``dd.read_parquet(checkpoint).compute()`` on
+   the same machine in the same run. Both on the threaded scheduler; the
+   input is a pandas frame in memory (``from_pandas``), so the figure is the
+   checkpoint's own cost. Medians of ``--repeats`` interleaved runs.
+
+Usage::
+
+    python bench/bench_resume.py [--rows 2000] [--big-rows 1000000] [--repeats 3]
+
+Writes the "Resume" section of ``bench/results/checkpoint.md`` (between the
+``<!-- resume -->`` markers) and ``bench/results/resume.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MARK_START, MARK_END = "<!-- resume -->", "<!-- /resume -->"
+
+DRIVER = """
+import sys
+import dask.dataframe as dd, pandas as pd
+from distributed import Client, LocalCluster
+import dask_llm
+
+url, base_url, rows, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+df = pd.DataFrame({"text": [f"ticket {i}: my VM does not boot" for i in range(rows)]})
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster, \\
+        Client(cluster) as client:
+    out = dask_llm.enrich(dd.from_pandas(df, npartitions=partitions), "Classify: {text}", "label", "m",
+                          endpoint=dask_llm.Endpoint(base_url=base_url, api_key="k"), threads=16,
+                          checkpoint=url)
+    result = out.compute()
+    print("rows", len(result), flush=True)
+"""
+
+
+def acceptance(rows: int, tmp: Path) -> dict[str, Any]:
+    from dask_llm.simulator import Simulator, SimulatorConfig
+
+    ckpt = tmp / "acceptance"
+    with Simulator.subprocess(SimulatorConfig(latency=0.5)) as sim:
+
+        def driver(partitions: int) -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-c", DRIVER, str(ckpt), sim.url, str(rows), str(partitions)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            )  # fmt: skip
+
+        first = driver(8)
+        deadline = time.monotonic() + 300
+        while sim.stats()["successes"] < rows // 2:
+            if first.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"first run ended early: {first.communicate()}")
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        at_kill = sim.stats()["successes"]
+        # The orphaned workers finish what they were calling, then exit.
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3 and time.monotonic() < deadline:
+            if sim.stats()["in_flight"]:
+                quiet_since = time.monotonic()
+            time.sleep(0.1)
+        runs = {}
+        for partitions in (5, 3):
+            before = sim.stats()["successes"]
+            start = time.perf_counter()
+            proc = driver(partitions)
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(err)
+            runs[partitions] = {"calls": sim.stats()["successes"] - before, "seconds": time.perf_counter() - start}
+        counts = sim.stats()["success_by_prompt"]
+    import dask.dataframe as dd
+
+    back = dd.read_parquet(str(ckpt)).compute()
+    return {
+        "rows": rows,
+        "answered_at_kill": at_kill,
+        "extra_paid": sum(c - 1 for c in counts.values()),
+        "rows_answered": len(counts),
+        "second_run_calls": runs[5]["calls"],
+        "third_run_calls": runs[3]["calls"],
+        "read_back_rows": len(back),
+        "read_back_distinct": int(back["text"].nunique()),
+    }
+
+
+def resume_cost(n: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    import dask
+    import dask.dataframe as dd
+    import numpy as np
+    import pandas as pd
+
+    import dask_llm
+    from dask_llm._checkpoint import _ledger
+    from dask_llm.simulator import Simulator, SimulatorConfig
+
+    ckpt = str(tmp / "big")
+    df = pd.DataFrame({"id": np.arange(n), "text": [f"ticket {i % 1000}: my VM does not boot" for i in range(n)]})
+    with Simulator.subprocess(SimulatorConfig(mode="echo")) as sim, dask.config.set(scheduler="threads"):
+        endpoint = dask_llm.Endpoint(base_url=sim.url, api_key="k")
+
+        def enrich(partitions: int) -> float:
+            _ledger._indexes.clear()  # each resume starts cold, as a new process would
+            start = time.perf_counter()
+            out = dask_llm.enrich(dd.from_pandas(df, npartitions=partitions), "Classify: {text}", "label", "m",
+                                  endpoint=endpoint, checkpoint=ckpt).compute()  # fmt: skip
+            elapsed = time.perf_counter() - start
+            assert len(out) == n and out["label_error"].isna().all()
+            return elapsed
+
+        start = time.perf_counter()
+        enrich(20)
+        build = time.perf_counter() - start
+        calls_before = sim.stats()["requests"]
+        reads, resumes, same = [], [], []
+        layouts = [13, 7, 17, 11, 5]
+        for r in range(repeats):
+            start = time.perf_counter()
+            back = dd.read_parquet(ckpt).compute()
+            reads.append(time.perf_counter() - start)
+            assert len(back) == n
+            resumes.append(enrich(layouts[r % len(layouts)]))  # another partitioning: every file rewritten
+            same.append(enrich(layouts[r % len(layouts)]))  # the same again: nothing written
+        calls = sim.stats()["requests"] - calls_before
+    read, resume, again = (statistics.median(x) for x in (reads, resumes, same))
+    return {
+        "rows": n,
+        "build_seconds": build,
+        "read_parquet_seconds": reads,
+        "resume_other_partitions_seconds": resumes,
+        "resume_same_partitions_seconds": same,
+        "calls_during_resumes": calls,
+        "ratio_other": resume / read,
+        "ratio_same": again / read,
+    }
+
+
+def render(cmd: str, acc: dict[str, Any] | None, cost: dict[str, Any] | None) -> str:
+    lines = [MARK_START, "## Resume under other partitions (rows, not partitions)", "", f"Command: `{cmd}`", ""]
+    if acc:
+        lines += [
+            f"Acceptance run: {acc['rows']:,} rows, LocalCluster of 2 worker processes, 16 calls in flight per "
+            "partition, simulator at 0.5 s; driver SIGKILLed at half with 8 partitions, re-run with 5, then 3.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| answers billed when the driver was killed | {acc['answered_at_kill']:,} |",
+            f"| extra paid calls over all runs (target <= 40) | {acc['extra_paid']} |",
+            f"| calls of the run with 5 partitions | {acc['second_run_calls']:,} |",
+            f"| calls of the run with 3 partitions (target 0) | {acc['third_run_calls']} |",
+            f"| rows answered | {acc['rows_answered']:,} of {acc['rows']:,} |",
+            f"| `dd.read_parquet(checkpoint)` rows / distinct | {acc['read_back_rows']:,} / {acc['read_back_distinct']:,} |",
+            "",
+        ]
+    if cost:
+        med = statistics.median
+        lines += [
+            f"Resume cost: a fully answered checkpoint of {cost['rows']:,} rows (built in {cost['build_seconds']:.1f} s), "
+            "threaded scheduler, input in memory; medians of interleaved runs.",
+            "",
+            "| run | seconds (median) | runs | ratio to read_parquet |",
+            "|---|---|---|---|",
+            f"| `dd.read_parquet(checkpoint).compute()` | {med(cost['read_parquet_seconds']):.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in cost['read_parquet_seconds'])} | 1.00 |",
+            f"| resume, other partitions (every dataset file rewritten) | {med(cost['resume_other_partitions_seconds']):.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in cost['resume_other_partitions_seconds'])} | {cost['ratio_other']:.2f} |",
+            f"| resume, same partitions (nothing written) | {med(cost['resume_same_partitions_seconds']):.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in cost['resume_same_partitions_seconds'])} | {cost['ratio_same']:.2f} |",
+            "",
+            f"Calls made by all the resumes: {cost['calls_during_resumes']} (target 0).",
+            "",
+        ]
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-acceptance", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    args = parser.parse_args()
+    cmd = shlex.join(["python", "bench/bench_resume.py", *sys.argv[1:]])
+    tmp = Path(tempfile.mkdtemp(prefix="dask-llm-bench-resume-"))
+    try:
+        acc = None if args.skip_acceptance else acceptance(args.rows, tmp)
+        print(json.dumps(acc, indent=2))
+        cost = None if args.skip_cost else resume_cost(args.big_rows, args.repeats, tmp)
+        print(json.dumps(cost, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"date": datetime.date.today().isoformat(), "python": platform.python_version(), "command": cmd}
+    (RESULTS / "resume.json").write_text(json.dumps({**meta, "acceptance": acc, "cost": cost}, indent=2) + "\n")
+    section = render(cmd, acc, cost)
+    target = RESULTS / "checkpoint.md"
+    text = target.read_text() if target.exists() else "# Checkpoint\n"
+    if MARK_START in text:
+        head, _, rest = text.partition(MARK_START)
+        _, _, tail = rest.partition(MARK_END)
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    target.write_text(text)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Row identity: what makes a row "already paid for", whatever the partitioning.
+
+A row is identified by
+
+- its **request content**: the values of the columns the prompt (and system
+  message) reads; the run's prompt, model and parameters are fixed by the
+  checkpoint's manifest, so these values decide the request;
+- its **key**: the value of the ``key=`` column(s) when given, else the
+  row's index value, which tells apart rows that send the same request;
+- its **occurrence**: the 2nd, 3rd... row of a partition that agrees with an
+  earlier one on both, so that exact duplicates are each kept.
+
+None of these depends on partition numbers or boundaries, so ``npartitions``,
+``repartition``, another ``blocksize``, a shuffle or appended rows leave every
+answered row's identity unchanged. An index that is *not* stable between
+runs (``dd.read_csv`` numbers each block's rows from 0, so another blocksize
+renumbers them) changes the key: then the request content alone still finds
+the stored answer (with ``dedup=True``, see :mod:`._ledger`), or ``key=``
+names a column that is stable.
+
+Hashing is vectorized (pandas' SipHash of each column, combined per row)
+and costs a fraction of a microsecond per row, so a resume never renders a
+prompt for a row it does not call. Two 64-bit hashes with independent keys
+give a 128-bit identity; string columns hash alike whatever their dtype
+(object, ``string[python]``, ``string[pyarrow]``), so a pandas run and a
+dask run of the same data agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.util import hash_array
+
+__all__ = ["RowIds", "row_ids"]
+
+# Two independent SipHash keys (16 bytes each) for the two halves.
+_KEY_HI = "dask-llm-row-hi!"
+_KEY_LO = "dask-llm-row-lo!"
+#: Mixed in when the index is the key, so that an index never equals a key column.
+_INDEX_TAG = np.uint64(0x5851F42D4C957F2D)
+
+
+@dataclass(frozen=True, eq=False)
+class RowIds:
+    """The identities of the rows of one partition, in row order.
+
+    Attributes
+    ----------
+    hi, lo : numpy.ndarray of uint64
+        The two halves of each row's 128-bit identity.
+    content : numpy.ndarray of uint64
+        Hash of the request content alone (no key, no occurrence): rows that
+        send the same request share it.
+    """
+
+    hi: np.ndarray
+    lo: np.ndarray
+    content: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    @property
+    def digest(self) -> str:
+        """A hex digest of the whole sequence: the partition's content key."""
+        h = hashlib.sha256()
+        h.update(self.hi.tobytes())
+        h.update(self.lo.tobytes())
+        return h.hexdigest()
+
+
+def _hash_column(values: pd.Series | pd.Index, keys: Sequence[str]) -> list[np.ndarray]:
+    """SipHash of each value under each key; the same for a string whatever
+    its dtype."""
+    if pd.api.types.is_string_dtype(values.dtype) and not isinstance(values.dtype, pd.CategoricalDtype):
+        # No categorize: with mostly distinct strings it costs ten times more.
+        obj = np.asarray(values.to_numpy(dtype=object, na_value=None))
+        try:
+            return [hash_array(obj, hash_key=k, categorize=False) for k in keys]
+        except TypeError:  # unhashable cells (lists, dicts): their text
+            text = obj.astype(str).astype(object)
+            return [hash_array(text, hash_key=k, categorize=False) for k in keys]
+    if isinstance(values, pd.Index):
+        values = values.to_series(index=pd.RangeIndex(len(values)))
+    try:
+        return [
+            pd.util.hash_pandas_object(values, index=False, hash_key=k, categorize=False).to_numpy(np.uint64)
+            for k in keys
+        ]
+    except TypeError:
+        text = values.astype(str).to_numpy(dtype=object)
+        return [hash_array(text, hash_key=k, categorize=False) for k in keys]
+
+
+def _combine(arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """An order-dependent combination of per-column hashes (boost's
+    hash_combine, then a splitmix64 finalizer), wrapping in uint64."""
+    h = np.full(n, 0x243F6A8885A308D3, dtype=np.uint64)
+    for x in arrays:
+        h ^= x + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def _key_columns(frame: pd.DataFrame, key: Sequence[str] | None) -> list[pd.Series | pd.Index]:
+    if key:
+        return [frame[k] for k in key]
+    index = frame.index
+    if isinstance(index, pd.MultiIndex):
+        return [index.get_level_values(i) for i in range(index.nlevels)]
+    return [index]
+
+
+def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | None = None) -> RowIds:
+    """The identities of ``frame``'s rows (see the module docstring).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One partition.
+    columns : sequence of str
+        The columns the prompt reads (each named once in the frame).
+    key : sequence of str, optional
+        Columns that identify a row; default: the index.
+    """
+    n = len(frame)
+    with np.errstate(over="ignore"):
+        content_cols = [frame[c] for c in columns]
+        keys = _key_columns(frame, key)
+        both = [_hash_column(c, (_KEY_HI, _KEY_LO)) for c in content_cols]
+        key_hashes = [_hash_column(k, (_KEY_HI, _KEY_LO)) for k in keys]
+        content = _combine([h for h, _ in both], n)
+        tag = [np.full(n, _INDEX_TAG, dtype=np.uint64)] if key is None else []
+        hi = _combine([content, *tag, *(h for h, _ in key_hashes)], n)
+        lo = _combine([*(lo_ for _, lo_ in both), *tag, *(lo_ for _, lo_ in key_hashes)], n)
+        # Exact duplicates inside the partition: the k-th repeat gets k mixed in.
+        if pd.Index(hi).has_duplicates:
+            pairs = pd.DataFrame({"hi": hi, "lo": lo})
+            dup = pairs.duplicated(keep="first").to_numpy()
+            occurrence = pairs.groupby(["hi", "lo"], sort=False).cumcount().to_numpy(np.uint64)
+            hi = hi.copy()
+            hi[dup] = _combine([hi[dup], occurrence[dup]], int(dup.sum()))
+    return RowIds(hi=np.ascontiguousarray(hi), lo=np.ascontiguousarray(lo), content=content)

@@ -1,0 +1,549 @@
+"""The ledger: every row the run has paid for, keyed by row identity.
+
+It is the source of truth for "already paid": a row whose identity has a
+record is never called again (unless it is an error and ``retry_errors``).
+Records live in two kinds of files under ``_dask_llm/``::
+
+    rows/<part-file>.arrow              written when a partition commits: the
+                                        records of its rows that no committed
+                                        file held yet
+    journal/<partition>/<w>-<n>.jsonl   written while a partition runs, by its
+                                        journal (:mod:`._journal`); deleted once
+                                        a committed file covers them
+
+A row is recorded once, when it is first paid for, so the ledger grows with
+the data, not with the number of runs or partitionings.
+
+:class:`LedgerIndex` is this process's view of the ledger, built once per
+process and run and refreshed incrementally (only files it has not read):
+resuming a partition costs a hash and a lookup per row, never a read of the
+whole ledger per partition. It also holds the *members* of each visible
+dataset file (``_dask_llm/members/``), which is how a partition finds the
+files of an earlier partitioning that hold its rows (see :mod:`._partition`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._identity import RowIds
+from ._store import Store
+
+__all__ = [
+    "FIELDS",
+    "INTERNAL_DIR",
+    "JOURNAL_DIR",
+    "MEMBERS_DIR",
+    "ROWS_DIR",
+    "Found",
+    "LedgerIndex",
+    "index_for",
+    "LEDGER_SUFFIX",
+    "members_to_arrow",
+    "read_members",
+    "records_table",
+    "dicts_table",
+    "records_to_jsonl",
+    "table_to_arrow",
+    "to_pandas",
+]
+
+logger = logging.getLogger("dask_llm.checkpoint")
+
+#: Everything that is not output data lives here; readers skip ``_`` names.
+INTERNAL_DIR = "_dask_llm"
+ROWS_DIR = f"{INTERNAL_DIR}/rows"
+JOURNAL_DIR = f"{INTERNAL_DIR}/journal"
+MEMBERS_DIR = f"{INTERNAL_DIR}/members"
+#: Internal files are Arrow IPC files, never ``*.parquet``: ``dd.read_parquet``
+#: finds every ``*.parquet`` under a folder, ``_``-prefixed ones included.
+LEDGER_SUFFIX = ".arrow"
+#: LZ4: the ledger is read back whole by every process of a resumed run, and
+#: LZ4 decompresses several times faster than zstd for a little more space.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4_frame") else None)
+
+#: The stored fields of a row's outcome (those the output columns hold, and
+#: when it finished), with their pandas dtypes.
+FIELDS: dict[str, str] = {
+    "text": "string",
+    "error": "string",
+    "prompt_tokens": "Int64",
+    "completion_tokens": "Int64",
+    "attempts": "int64",
+    "latency": "float64",
+    "rate_limited": "int64",
+    "finished_at": "float64",
+}
+_ARROW = pa.schema(
+    [pa.field(n, pa.uint64()) for n in ("hi", "lo", "content")]
+    + [
+        pa.field("text", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("attempts", pa.int64()),
+        pa.field("latency", pa.float64()),
+        pa.field("rate_limited", pa.int64()),
+        pa.field("finished_at", pa.float64()),
+    ]
+)
+
+
+# ------------------------------------------------------------------ records
+
+
+def records_table(ids: RowIds, positions: np.ndarray, fields: pd.DataFrame) -> pa.Table:
+    """Ledger records of the rows at ``positions``, whose :data:`FIELDS`
+    are the rows of ``fields`` at those positions."""
+    part = fields.iloc[positions]
+    arrays = [pa.array(ids.hi[positions]), pa.array(ids.lo[positions]), pa.array(ids.content[positions])]
+    arrays += [pa.array(part[name], type=_ARROW.field(name).type, from_pandas=True) for name in FIELDS]
+    return pa.Table.from_arrays(arrays, schema=_ARROW)
+
+
+def _to_arrow_file(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def table_to_arrow(table: pa.Table) -> bytes:
+    """Ledger records as an Arrow IPC file (what ``rows/`` holds)."""
+    return _to_arrow_file(table)
+
+
+def records_to_jsonl(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """Ledger records as JSON Lines (what a journal chunk holds)."""
+    return "\n".join(json.dumps(r, ensure_ascii=False, allow_nan=True) for r in records).encode()
+
+
+def jsonl_to_table(data: bytes, where: str) -> pa.Table:
+    rows = []
+    for line in data.decode().splitlines():
+        try:
+            record = json.loads(line)
+            rows.append({name: record[name] for name in _ARROW.names})
+        except (ValueError, KeyError, TypeError):
+            # Chunks are written atomically, so this is damage from outside;
+            # the row is simply called again.
+            logger.warning("skipping a malformed journal line in %s", where)
+    return pa.Table.from_pylist(rows, schema=_ARROW)
+
+
+def dicts_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Records given as dicts (the journal's) as a table of the ledger's schema."""
+    return pa.Table.from_pylist(list(records), schema=_ARROW)
+
+
+def _read_arrow(data: bytes) -> pa.Table:
+    return pa.ipc.open_file(pa.BufferReader(data)).read_all()
+
+
+def read_members(data: bytes) -> tuple[np.ndarray, str]:
+    """The row identities (``hi`` halves) a dataset file holds, and the run
+    epoch that wrote it."""
+    table = _read_arrow(data)
+    epoch = (table.schema.metadata or {}).get(b"epoch", b"").decode()
+    return table.column("hi").to_numpy(), epoch
+
+
+def members_to_arrow(ids: RowIds, epoch: str) -> bytes:
+    """The members file of a dataset file: its rows' identities and the epoch."""
+    table = pa.table({"hi": pa.array(ids.hi, pa.uint64())}).replace_schema_metadata({"epoch": epoch})
+    return _to_arrow_file(table)
+
+
+#: pandas dtypes of the stored fields as a partition sees them (all nullable,
+#: strings Arrow-backed: converting a million answers costs no Python object).
+_PANDAS_TYPES = {
+    pa.string(): pd.StringDtype("pyarrow"),
+    pa.int64(): pd.Int64Dtype(),
+    pa.float64(): pd.Float64Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+}
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+
+
+# ------------------------------------------------------------------ the index
+
+
+@dataclass
+class Found:
+    """What the ledger holds for the rows of one partition.
+
+    Attributes
+    ----------
+    records : pandas.DataFrame
+        The :data:`FIELDS` of each row's best record, at the row's position;
+        null where none (every column nullable).
+    found : numpy.ndarray of bool
+        The row has a record of its own identity.
+    shared : numpy.ndarray of bool
+        The row has no record, but another row with the same request
+        content was answered: its answer is shared (no call).
+    committed : numpy.ndarray of bool
+        The row's record is in a committed file (not only in a journal).
+    matched : numpy.ndarray of uint64
+        The identity (``hi``) of the record used, for found and shared rows
+        (0 elsewhere): the dataset rows this row stands for.
+    """
+
+    records: pd.DataFrame
+    found: np.ndarray
+    shared: np.ndarray
+    committed: np.ndarray
+    matched: np.ndarray
+
+
+class _Block:
+    """An immutable block of records, one per identity (the best), indexed."""
+
+    def __init__(self, table: pa.Table, committed: np.ndarray) -> None:
+        table = table.combine_chunks()  # one take per lookup, not one per file
+        hi = table.column("hi").to_numpy()
+        ok = table.column("error").is_null().to_numpy(zero_copy_only=False)
+        finished = table.column("finished_at").fill_null(0.0).to_numpy()
+        by_id = pd.Index(hi)
+        if not by_id.is_unique:
+            # Best record first: a success over an error, committed over
+            # journaled, later over earlier; then one per identity.
+            order = np.lexsort((-finished, ~committed, ~ok))
+            first = ~pd.Index(hi[order]).duplicated(keep="first")
+            keep = order[first]
+            table, hi, ok, committed, finished = table.take(keep), hi[keep], ok[keep], committed[keep], finished[keep]
+            by_id = pd.Index(hi)
+        self.table = table
+        self.hi = hi
+        self.lo = table.column("lo").to_numpy()
+        self.ok = ok
+        self.committed = committed
+        self.finished = finished
+        self.by_id = by_id
+        self._by_content: tuple[pd.Index, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def get(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Position of each identity in this block, -1 where absent."""
+        pos = self.by_id.get_indexer(hi)
+        hit = pos >= 0
+        # A 64-bit half that matches with another lower half is a different row.
+        hit[hit] = self.lo[pos[hit]] == lo[hit]
+        return np.where(hit, pos, -1)
+
+    def get_content(self, content: np.ndarray) -> np.ndarray:
+        """Position of a success with the same request content, -1 where none."""
+        if self._by_content is None:
+            rows = np.flatnonzero(self.ok)
+            values = self.table.column("content").to_numpy()[rows]
+            keep = ~pd.Index(values).duplicated()
+            self._by_content = (pd.Index(values[keep]), rows[keep])
+        index, rows = self._by_content
+        if not len(rows):
+            return np.full(len(content), -1, dtype=np.int64)
+        pos = index.get_indexer(content)
+        return np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
+
+    @classmethod
+    def merge(cls, blocks: Sequence[_Block]) -> _Block:
+        return cls(pa.concat_tables([b.table for b in blocks]), np.concatenate([b.committed for b in blocks]))
+
+
+def _pick(blocks: Sequence[_Block], positions: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``n`` rows, the block holding its best record (-1: none)
+    and the position there; ties go to the earlier block."""
+    best_block = np.full(n, -1, dtype=np.int64)
+    best_pos = np.full(n, -1, dtype=np.int64)
+    score = np.full(n, -1.0)
+    for b, (block, pos) in enumerate(zip(blocks, positions)):
+        hit = pos >= 0
+        p = pos[hit]
+        # ok (4) over error, committed (2) over journaled, then later finished.
+        s = block.ok[p] * 4.0 + block.committed[p] * 2.0 + block.finished[p] / 1e10
+        better = np.zeros(n, dtype=bool)
+        better[hit] = s > score[hit]
+        score[better] = s[better[hit]]
+        best_block[better] = b
+        best_pos[better] = pos[better]
+    return best_block, best_pos
+
+
+def _gather(blocks: Sequence[_Block], which: np.ndarray, pos: np.ndarray, n: int) -> pa.Table:
+    """The chosen records, aligned to ``n`` rows (null rows where none)."""
+    parts = []
+    for b, block in enumerate(blocks):
+        mine = which == b
+        if mine.all():
+            parts.append(block.table.take(pa.array(pos)))  # no nulls: the cheap take
+        elif mine.any():
+            parts.append(block.table.take(pa.array(np.where(mine, pos, 0), mask=~mine)))
+    if not parts:
+        return pa.Table.from_pylist([], schema=_ARROW).take(pa.array([None] * n, pa.int64()))
+    if len(parts) == 1:
+        return parts[0]
+    columns = [pc.coalesce(*(p.column(i) for p in parts)) for i in range(len(_ARROW))]
+    return pa.Table.from_arrays(columns, schema=_ARROW)
+
+
+#: Merge the small blocks into the big one when there are more of them than this.
+_MAX_BLOCKS = 8
+
+
+class LedgerIndex:
+    """This process's view of one run's ledger and dataset members.
+
+    Thread-safe; one per checkpoint (and manifest) per process, from
+    :func:`index_for`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.RLock()
+        # One refresh at a time: partitions that start together in one
+        # process would otherwise each read the whole ledger.
+        self._refresh_lock = threading.Lock()
+        self._blocks: list[_Block] = []
+        self._loaded: set[str] = set()  # ledger files read
+        self._journals_listed = False
+        self._chunk_ids: dict[str, np.ndarray] = {}  # journal chunk -> its identities
+        self._members: dict[str, tuple[np.ndarray, str]] = {}  # dataset file -> (ids, epoch)
+        # Identity -> file, in segments (one per batch of member files read or
+        # written), merged now and then: a partition's own members file must
+        # not make the next partition rebuild an index of every row.
+        self._member_segments: list[tuple[pd.Index, np.ndarray]] = []
+        self._visible: set[str] = set()  # dataset files present at the last refresh
+
+    # -- loading ---------------------------------------------------------------
+
+    def refresh(self, journal: str | None = None) -> None:
+        """Read the ledger and member files written since the last refresh.
+
+        Journals: on the first refresh in this process every journal is read
+        (rows an earlier, interrupted run paid for); afterwards only
+        ``journal`` (the directory of the partition about to run: what an
+        earlier attempt of this very task saved), since the journals of
+        partitions running elsewhere hold none of this partition's rows.
+        """
+        with self._refresh_lock:
+            self._refresh(journal)
+
+    def _refresh(self, journal: str | None) -> None:
+        store = self.store
+        rows = [f"{ROWS_DIR}/{n}" for n in store.list(ROWS_DIR) if n.endswith(LEDGER_SUFFIX)]
+        if not self._journals_listed:
+            chunks = [f"{JOURNAL_DIR}/{p}" for p in store.find(JOURNAL_DIR) if p.endswith(".jsonl")]
+        elif journal is not None:
+            chunks = [f"{journal}/{n}" for n in store.list(journal) if n.endswith(".jsonl")]
+        else:
+            chunks = []
+        members = [n for n in store.list(MEMBERS_DIR) if n.endswith(LEDGER_SUFFIX)]
+        visible = {n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")}
+        with self._lock:
+            new_rows = [r for r in rows if r not in self._loaded]
+            new_chunks = [c for c in chunks if c not in self._loaded]
+            new_members = [m for m in members if m.removesuffix(LEDGER_SUFFIX) not in self._members]
+        data = store.read_many([*new_rows, *new_chunks, *(f"{MEMBERS_DIR}/{m}" for m in new_members)])
+        tables, committed = [], []
+        for rel in new_rows:
+            if rel in data:
+                table = _read_arrow(data[rel])
+                tables.append(table)
+                committed.append(np.ones(table.num_rows, dtype=bool))
+        chunk_ids: dict[str, np.ndarray] = {}
+        for rel in new_chunks:
+            if rel in data:
+                table = jsonl_to_table(data[rel], rel)
+                chunk_ids[rel] = table.column("hi").to_numpy()
+                tables.append(table)
+                committed.append(np.zeros(table.num_rows, dtype=bool))
+        member_data = {}
+        for name in new_members:
+            raw = data.get(f"{MEMBERS_DIR}/{name}")
+            if raw is not None:
+                member_data[name.removesuffix(LEDGER_SUFFIX)] = read_members(raw)
+        with self._lock:
+            self._journals_listed = True
+            self._loaded.update(r for r in (*new_rows, *new_chunks) if r in data)
+            self._chunk_ids.update(chunk_ids)
+            if tables:
+                self._add(pa.concat_tables(tables), np.concatenate(committed))
+            if member_data:
+                self._members.update(member_data)
+                self._add_members(member_data)
+            self._visible = visible
+
+    def _add(self, table: pa.Table, committed: np.ndarray) -> None:
+        if not table.num_rows:
+            return
+        self._blocks.append(_Block(table, committed))
+        if len(self._blocks) > _MAX_BLOCKS:
+            # Keep the big block, merge the small ones (or all, once they add up).
+            big, *small = sorted(self._blocks, key=len, reverse=True)
+            if sum(len(b) for b in small) * 4 > len(big):
+                self._blocks = [_Block.merge(self._blocks)]
+            else:
+                self._blocks = [big, _Block.merge(small)]
+
+    def register(self, rel: str, table: pa.Table, committed: bool) -> None:
+        """Add records this process just wrote (no need to read them back)."""
+        flags = np.full(table.num_rows, committed, dtype=bool)
+        with self._lock:
+            self._loaded.add(rel)
+            if not committed:
+                self._chunk_ids[rel] = table.column("hi").to_numpy()
+            self._add(table, flags)
+
+    def _add_members(self, members: Mapping[str, tuple[np.ndarray, str]]) -> None:
+        names = np.array(list(members), dtype=object)
+        arrays = [ids for ids, _ in members.values()]
+        owner = np.repeat(names, [len(a) for a in arrays])
+        self._member_segments.append((pd.Index(np.concatenate(arrays)), owner))
+        if len(self._member_segments) > _MAX_BLOCKS:
+            # Rebuilt from what is still known (forgotten files drop out).
+            self._member_segments = []
+            if self._members:
+                self._add_members(dict(self._members))
+
+    def register_members(self, name: str, ids: RowIds, epoch: str) -> None:
+        with self._lock:
+            self._members[name] = (ids.hi, epoch)
+            self._add_members({name: (ids.hi, epoch)})
+            self._visible.add(f"{name}.parquet")
+
+    def forget_members(self, name: str) -> None:
+        with self._lock:
+            self._members.pop(name, None)
+            self._visible.discard(f"{name}.parquet")
+
+    # -- lookups -------------------------------------------------------------------
+
+    def lookup(self, ids: RowIds, *, share_content: bool) -> Found:
+        """The best record of each row, and how it was found."""
+        n = len(ids)
+        with self._lock:
+            blocks = list(self._blocks)
+        which, pos = _pick(blocks, [b.get(ids.hi, ids.lo) for b in blocks], n)
+        found = which >= 0
+        shared = np.zeros(n, dtype=bool)
+        if share_content and not found.all():
+            missing = np.flatnonzero(~found)
+            content = ids.content[missing]
+            c_which, c_pos = _pick(blocks, [b.get_content(content) for b in blocks], len(missing))
+            hit = c_which >= 0
+            shared[missing[hit]] = True
+            which[missing[hit]] = c_which[hit]
+            pos[missing[hit]] = c_pos[hit]
+        table = _gather(blocks, which, pos, n)
+        committed = np.zeros(n, dtype=bool)
+        matched = np.zeros(n, dtype=np.uint64)
+        for b, block in enumerate(blocks):
+            mine = which == b
+            committed[mine] = block.committed[pos[mine]]
+            matched[mine] = block.hi[pos[mine]]
+        records = to_pandas(table.select(list(FIELDS)))
+        if shared.any():
+            # The answer is shared, not paid again: as a dedup follower.
+            for name in ("attempts", "prompt_tokens", "completion_tokens", "rate_limited"):
+                records.loc[shared, name] = 0
+            records.loc[shared, "latency"] = 0.0
+        return Found(records=records, found=found, shared=shared, committed=committed & found, matched=matched)
+
+    def journals_holding(self, ids: RowIds) -> list[str]:
+        """Journal chunks that hold any of ``ids``."""
+        wanted = pd.Index(ids.hi)
+        with self._lock:
+            items = list(self._chunk_ids.items())
+        return [rel for rel, chunk in items if wanted.get_indexer(chunk).max(initial=-1) >= 0]
+
+    def covered(self, chunk: str) -> bool:
+        """Whether every row of a journal chunk has a committed record."""
+        with self._lock:
+            ids = self._chunk_ids.get(chunk)
+            blocks = list(self._blocks)
+        if ids is None:
+            return False
+        done = np.zeros(len(ids), dtype=bool)
+        for block in blocks:
+            pos = block.by_id.get_indexer(ids)
+            hit = pos >= 0
+            done[hit] |= block.committed[pos[hit]]
+        return bool(done.all())
+
+    def forget_chunk(self, chunk: str) -> None:
+        with self._lock:
+            self._chunk_ids.pop(chunk, None)
+
+    def files_holding(self, hi: np.ndarray) -> dict[str, str]:
+        """Visible dataset files that hold any of the identities ``hi``: name -> epoch."""
+        with self._lock:
+            segments = list(self._member_segments)
+            members = dict(self._members)
+            visible = set(self._visible)
+        files: set[str] = set()
+        for index, owner in segments:
+            if index.is_unique:
+                pos = index.get_indexer(hi)
+            else:
+                pos, _ = index.get_indexer_non_unique(hi)
+            files.update(owner[pos[pos >= 0]])
+        return {f: members[f][1] for f in files if f in members and f"{f}.parquet" in visible}
+
+    def members_of(self, name: str) -> np.ndarray | None:
+        """The identities a visible dataset file holds (``None``: no such file)."""
+        with self._lock:
+            entry = self._members.get(name)
+            visible = f"{name}.parquet" in self._visible
+        return entry[0] if entry is not None and visible else None
+
+    # -- summaries (dask-llm status) --------------------------------------------------
+
+    def all_records(self) -> pd.DataFrame:
+        """One record per identity (the best), over everything loaded."""
+        with self._lock:
+            blocks = list(self._blocks)
+        if not blocks:
+            return to_pandas(pa.Table.from_pylist([], schema=_ARROW))
+        block = blocks[0] if len(blocks) == 1 else _Block.merge(blocks)
+        return to_pandas(block.table)
+
+    def dataset_rows(self) -> int:
+        """Rows the visible dataset files hold."""
+        with self._lock:
+            return sum(len(ids) for name, (ids, _) in self._members.items() if f"{name}.parquet" in self._visible)
+
+
+# ------------------------------------------------------------------ the per-process cache
+
+_indexes: dict[tuple[str, str], LedgerIndex] = {}
+_indexes_lock = threading.Lock()
+#: Indexes kept per process (of the most recent runs).
+_KEEP = 2
+
+
+def index_for(store: Store, manifest_id: str) -> LedgerIndex:
+    """This process's index of the checkpoint at ``store`` as claimed by the
+    manifest ``manifest_id`` (a new manifest, e.g. after ``overwrite=True``,
+    gets a new index: nothing stale survives it)."""
+    key = (store.url, manifest_id)
+    with _indexes_lock:
+        index = _indexes.get(key)
+        if index is None:
+            index = _indexes[key] = LedgerIndex(store)
+            while len(_indexes) > _KEEP:
+                del _indexes[next(iter(_indexes))]
+        return index

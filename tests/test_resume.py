@@ -1,0 +1,313 @@
+"""Resume is keyed by rows: whatever the next run's partitioning, no row is
+paid twice, none is lost, and the checkpoint reads back as the latest run's
+rows exactly once.
+
+A run is "killed" here by cancelling it after a number of rows (what Ctrl+C
+does: finished rows are journaled, calls in flight complete and are kept).
+Real SIGKILLs of the driver and of a worker process are in
+``test_checkpoint_crash.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import dask_llm
+from dask_llm import CheckpointError
+from dask_llm._checkpoint import RunSpec, open_checkpoint
+from dask_llm._checkpoint._identity import row_ids
+from dask_llm._progress import Cancelled, ProgressChannel, Tally, cancel, collect
+from dask_llm.simulator import Simulator
+
+from .conftest import endpoint_for
+
+PROMPT = "Say: {text}"
+ROWS = 60
+
+
+def frame(n: int = ROWS, start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"text": [f"row {i}" for i in range(start, start + n)], "n": range(start, start + n)},
+        index=pd.RangeIndex(start, start + n),
+    )
+
+
+def run(ddf: Any, sim: Simulator, ckpt: Path | str, *, stop_after: int | None = None, **kw: Any) -> pd.DataFrame | None:
+    """Enrich ``ddf`` on the threaded scheduler; with ``stop_after``, cancel
+    the run once that many rows have finished (``None`` is returned)."""
+    channel = ProgressChannel.new(interval=0.0)
+    tally = Tally()
+    with dask.config.set(scheduler="threads", num_workers=2), collect(channel, tally):
+        out = dask_llm.enrich(
+            ddf, PROMPT, "ans", "m", endpoint=endpoint_for(sim), threads=3, checkpoint=str(ckpt),
+            progress=channel, **kw,
+        )  # fmt: skip
+        if stop_after is None:
+            return out.compute()
+        stopper = threading.Thread(target=_cancel_when, args=(tally, stop_after, channel.topic), daemon=True)
+        stopper.start()
+        try:
+            out.compute()
+        except Cancelled:
+            pass
+        stopper.join(5)
+        return None
+
+
+def _cancel_when(tally: Tally, rows: int, topic: str) -> None:
+    deadline = time.monotonic() + 30
+    while tally.snapshot().done < rows and time.monotonic() < deadline:
+        time.sleep(0.002)
+    cancel(topic)
+
+
+def paid(sim: Simulator) -> dict[str, int]:
+    return sim.stats()["success_by_prompt"]
+
+
+def assert_each_row_paid_once(sim: Simulator, df: pd.DataFrame) -> None:
+    counts = paid(sim)
+    prompts = [f"Say: {t}" for t in df["text"]]
+    assert sorted(counts) == sorted(prompts), "every row answered"
+    twice = {p: c for p, c in counts.items() if c != 1}
+    assert not twice, f"rows paid more than once: {twice}"
+
+
+def assert_reads_back_as(ckpt: Path, expected: pd.DataFrame) -> None:
+    back = dd.read_parquet(str(ckpt)).compute().sort_values("n")
+    assert len(back) == len(expected), "each row exactly once"
+    assert back["n"].tolist() == sorted(expected["n"])
+    assert (back["ans"] == "Say: " + back["text"]).all()
+
+
+@pytest.fixture
+def fast_sim(start_sim: Callable[..., Simulator]) -> Simulator:
+    return start_sim(mode="echo", latency=0.002)
+
+
+@pytest.mark.parametrize("first", [1, 3, 8])
+@pytest.mark.parametrize("stop_fraction", [0.25, 0.75])
+def test_any_repartitioning_pays_only_the_rows_not_yet_answered(
+    start_sim: Callable[..., Simulator], tmp_path: Path, first: int, stop_fraction: float
+) -> None:
+    df = frame()
+    clean = None
+    for second in (2, 5, 7):
+        for variant in ("plain", "shuffled", "appended"):
+            sim = start_sim(mode="echo", latency=0.002)
+            ckpt = tmp_path / f"{second}-{variant}"
+            run(dd.from_pandas(df, npartitions=first), sim, ckpt, stop_after=int(ROWS * stop_fraction))
+            answered_first = sum(paid(sim).values())
+            assert 0 < answered_first < ROWS
+            full = pd.concat([df, frame(15, start=ROWS)]) if variant == "appended" else df
+            ddf = dd.from_pandas(full, npartitions=second)
+            if variant == "shuffled":
+                ddf = ddf.shuffle("text", npartitions=second)
+            out = run(ddf, sim, ckpt)
+            assert out is not None
+            # Calls made equal the rows not yet answered: each row is paid once overall.
+            assert_each_row_paid_once(sim, full)
+            out = out.sort_values("n")
+            assert (out["ans"] == "Say: " + out["text"]).all() and out["ans_error"].isna().all()
+            assert_reads_back_as(ckpt, full)
+            if variant == "plain":
+                # Same as a clean run, apart from timings.
+                clean = clean if clean is not None else _clean_run(start_sim, tmp_path / "clean", df)
+                cols = ["text", "n", "ans", "ans_error", "ans_prompt_tokens", "ans_completion_tokens"]
+                pd.testing.assert_frame_equal(out[cols], clean[cols])
+
+
+def _clean_run(start_sim: Callable[..., Simulator], path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    out = run(dd.from_pandas(df, npartitions=4), start_sim(mode="echo"), path)
+    assert out is not None
+    return out.sort_values("n")
+
+
+def test_a_fully_answered_checkpoint_is_free_under_any_later_partitioning(fast_sim: Simulator, tmp_path: Path) -> None:
+    df = frame(200)
+    run(dd.from_pandas(df, npartitions=8), fast_sim, tmp_path)
+    assert sum(paid(fast_sim).values()) == 200
+    for ddf in (
+        dd.from_pandas(df, npartitions=5),
+        dd.from_pandas(df, npartitions=3),
+        dd.from_pandas(df, npartitions=3).repartition(npartitions=7),
+        dd.from_pandas(df.sample(frac=1, random_state=1), npartitions=4),  # another order
+        dd.from_pandas(df, npartitions=1),
+    ):
+        out = run(ddf, fast_sim, tmp_path)
+        assert out is not None and len(out) == 200
+        assert sum(paid(fast_sim).values()) == 200, "nothing is called again"
+        assert_reads_back_as(tmp_path, df)
+    # Only the files of the latest partitioning are visible.
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 1
+
+
+def test_appended_rows_are_the_only_rows_called(fast_sim: Simulator, tmp_path: Path) -> None:
+    run(dd.from_pandas(frame(100), npartitions=4), fast_sim, tmp_path)
+    grown = pd.concat([frame(100), frame(40, start=100)])
+    run(dd.from_pandas(grown, npartitions=6), fast_sim, tmp_path)
+    assert_each_row_paid_once(fast_sim, grown)
+    assert_reads_back_as(tmp_path, grown)
+
+
+def test_a_smaller_input_never_duplicates_rows(fast_sim: Simulator, tmp_path: Path) -> None:
+    run(dd.from_pandas(frame(100), npartitions=4), fast_sim, tmp_path)
+    head = frame(100).iloc[:30]
+    run(dd.from_pandas(head, npartitions=2), fast_sim, tmp_path)
+    assert sum(paid(fast_sim).values()) == 100
+    back = dd.read_parquet(str(tmp_path)).compute()
+    assert back.index.is_unique and set(head["n"]) <= set(back["n"])
+    # Documented limit: files whose rows all left the input are not deleted
+    # (no partition of the new run holds any of their rows); rows that shared
+    # a file with rows of the new run are.
+    assert set(back["n"]) == set(range(30)) | set(range(50, 100))
+
+
+def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
+    # Two identical partitions (same rows, same index) under the synchronous scheduler.
+    part = dd.from_pandas(frame(50), npartitions=1)
+    with dask.config.set(scheduler="sync"):
+        out = dask_llm.enrich(dd.concat([part, part]), PROMPT, "ans", "m", endpoint=endpoint_for(fast_sim),
+                              checkpoint=str(tmp_path)).compute()  # fmt: skip
+    assert len(out) == 100
+    assert len(pq.read_table(tmp_path)) == 100
+    assert sum(paid(fast_sim).values()) == 50, "identical requests are paid once"
+
+
+def test_csv_read_with_another_blocksize_calls_nothing_again(fast_sim: Simulator, tmp_path: Path) -> None:
+    # dd.read_csv numbers each block's rows from 0, so another blocksize
+    # changes every index value: the request content still finds the answers.
+    csv = tmp_path / "in.csv"
+    frame(300).to_csv(csv, index=False)
+    ckpt = tmp_path / "ckpt"
+    small = dd.read_csv(str(csv), blocksize=700)
+    assert small.npartitions > 3
+    run(small, fast_sim, ckpt)
+    big = dd.read_csv(str(csv), blocksize=2500)
+    assert big.npartitions != small.npartitions
+    out = run(big, fast_sim, ckpt)
+    assert out is not None and len(out) == 300
+    assert_each_row_paid_once(fast_sim, frame(300))
+    assert_reads_back_as(ckpt, frame(300))
+
+
+def test_key_column_identifies_rows_when_dedup_is_off(fast_sim: Simulator, tmp_path: Path) -> None:
+    # Without de-duplication a changed index would mean a new row; key= says which column is stable.
+    df = frame(80)
+    first = df.reset_index(drop=True)
+    run(dd.from_pandas(first, npartitions=4), fast_sim, tmp_path, dedup=False, key="n")
+    renumbered = df.set_index(pd.RangeIndex(1000, 1080))
+    out = run(dd.from_pandas(renumbered, npartitions=3), fast_sim, tmp_path, dedup=False, key="n")
+    assert out is not None
+    assert_each_row_paid_once(fast_sim, df)
+    assert_reads_back_as(tmp_path, df)
+
+
+def test_pandas_then_dask_on_the_same_checkpoint(fast_sim: Simulator, tmp_path: Path) -> None:
+    df = frame(40)
+    dask_llm.enrich(df, PROMPT, "ans", "m", endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))
+    run(dd.from_pandas(df, npartitions=3), fast_sim, tmp_path)
+    assert_each_row_paid_once(fast_sim, df)
+
+
+def test_every_output_column_survives_a_resume(start_sim: Callable[..., Simulator], tmp_path: Path) -> None:
+    sim = start_sim(mode="echo", rate_limit_rate=0.3, seed=3)
+    retry = dask_llm.RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.05)
+    first = run(dd.from_pandas(frame(60), npartitions=3), sim, tmp_path, retry=retry)
+    assert first is not None and first["ans_rate_limited"].sum() > 0
+    again = run(dd.from_pandas(frame(60), npartitions=5), sim, tmp_path, retry=retry)
+    assert again is not None
+    cols = [c for c in first.columns if c.startswith("ans")]
+    pd.testing.assert_frame_equal(again.sort_values("n")[cols], first.sort_values("n")[cols])
+    before = dask_llm.summarize(first, "ans")
+    after = dask_llm.summarize(dd.read_parquet(str(tmp_path)), "ans")
+    assert after == before
+
+
+def test_errors_are_kept_until_retried(start_sim: Callable[..., Simulator], tmp_path: Path) -> None:
+    sim = start_sim(mode="echo", max_context_tokens=20)  # the long row gets a 400
+    df = pd.DataFrame({"text": ["a", "b", "a long row of text " * 10, "c"], "n": range(4)})
+    out = run(dd.from_pandas(df, npartitions=2), sim, tmp_path)
+    assert out is not None and out["ans_error"].notna().sum() == 1
+    again = run(dd.from_pandas(df, npartitions=3), sim, tmp_path)
+    assert again is not None and again["ans_error"].notna().sum() == 1
+    assert sim.stats()["by_status"].get("400") == 1, "the stored error is not called again"
+    run(dd.from_pandas(df, npartitions=3), sim, tmp_path, retry_errors=True)
+    assert sim.stats()["by_status"].get("400") == 2
+
+
+def test_two_runs_with_different_specs_racing_on_a_new_path(tmp_path: Path) -> None:
+    for attempt in range(20):
+        url = str(tmp_path / f"race-{attempt}")
+        outcomes = race(url, None)
+        assert sorted(outcomes) == ["error", "ok"], outcomes
+
+
+def test_the_race_on_s3(moto_s3: str) -> None:
+    import boto3
+
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": moto_s3, "region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="race")  # fmt: skip
+    for attempt in range(10):
+        outcomes = race(f"s3://race/run-{attempt}", options)
+        assert sorted(outcomes) == ["error", "ok"], outcomes
+
+
+def race(url: str, options: dict[str, Any] | None) -> list[str]:
+    """Two runs with different prompts claim ``url`` at the same moment."""
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def claim(prompt: str) -> None:
+        spec = RunSpec(prompt=prompt, system=None, model="m", params={}, columns={"ans": "string"})
+        barrier.wait()
+        try:
+            open_checkpoint(url, options, spec, retry_errors=False, overwrite=False, npartitions=1)
+            outcomes.append("ok")
+        except CheckpointError:
+            outcomes.append("error")
+
+    threads = [threading.Thread(target=claim, args=(p,)) for p in ("Say: {text}", "Shout: {text}")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_a_checkpoint_of_the_first_format_is_refused_in_one_line(fast_sim: Simulator, tmp_path: Path) -> None:
+    (tmp_path / "_dask_llm").mkdir()
+    (tmp_path / "_dask_llm" / "manifest.json").write_text('{"format": 1, "run": "abc"}')
+    with pytest.raises(CheckpointError) as info:
+        run(frame(4), fast_sim, tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "format 1" in message and "overwrite=True" in message
+    assert fast_sim.stats()["requests"] == 0
+
+
+def test_row_identity_ignores_partitioning_and_string_dtype() -> None:
+    df = frame(30)
+    whole = row_ids(df, ["text"])
+    parts = [row_ids(df.iloc[a:b], ["text"]) for a, b in ((0, 7), (7, 19), (19, 30))]
+    assert np.array_equal(np.concatenate([p.hi for p in parts]), whole.hi)
+    as_object = row_ids(df.astype({"text": object}), ["text"])
+    as_arrow = row_ids(df.astype({"text": "string[pyarrow]"}), ["text"])
+    assert np.array_equal(as_object.hi, as_arrow.hi) and np.array_equal(as_object.lo, as_arrow.lo)
+    # Exact duplicates within a partition are told apart; equal content shares its content hash.
+    dup = pd.DataFrame({"text": ["x", "x", "y"]}, index=[0, 0, 1])
+    ids = row_ids(dup, ["text"])
+    assert len(set(ids.hi)) == 3 and ids.content[0] == ids.content[1]
+    # Another index value is another row.
+    assert row_ids(df.set_index(df.index + 1), ["text"]).hi[0] != whole.hi[0]
