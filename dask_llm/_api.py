@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar, overload
 import dask.dataframe as dd
 import pandas as pd
 
-from ._budget import Budget
+from ._budget import Budget, adaptive_budget
 from ._cache import ResponseCache
 from ._checkpoint import RunSpec, open_checkpoint
 from ._config import Endpoint, RetryPolicy
@@ -22,6 +22,7 @@ from ._prompt import Prompt
 from ._runner import Job, enrich_partition
 from ._schema import OutputColumns
 from ._spend import SpendCap
+from ._stopping import watch_local_computes
 from ._structured import structured_output
 
 __all__ = ["enrich"]
@@ -52,7 +53,7 @@ def enrich(
     params: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     on_error: Literal["store", "raise"] = "store",
-    budget: Budget | None = None,
+    budget: Budget | Literal[False] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     retry_errors: bool = False,
@@ -100,13 +101,17 @@ def enrich(
         ``"store"``: a row that fails after its retries gets its error in the
         error column and the job goes on. ``"raise"``: the first such row
         fails the job with :class:`RowError`.
-    budget : Budget, optional
+    budget : Budget or False, optional
         Limits shared by every call of the job across the whole cluster:
         calls in flight, requests and tokens per minute, and a cool-down
         that a 429 imposes on every worker. Pass the same :class:`Budget`
         (or one with the same name) to several enrichments to make them share
         it. Without a ``distributed`` client it is enforced in-process.
-        Default: no limit besides ``threads`` per partition.
+        Default (``None``): an adaptive budget, shared by every enrichment of
+        the same model at the same endpoint, that adopts the provider's
+        announced limits (``x-ratelimit-limit-*``), backs off on 429s and
+        probes upward while clean, so that rows are not lost to 429s.
+        ``False``: no budget at all (nothing but ``threads`` per partition).
     checkpoint : str or path-like, optional
         A directory on any fsspec filesystem (local path, ``"s3://bucket/run/"``,
         ``"memory://..."``) that makes the job resumable: each finished
@@ -213,13 +218,20 @@ def enrich(
         temperature=temperature, max_tokens=max_tokens, params=params, retry=retry,
         on_error=on_error,
     )
-    if budget is not None and not isinstance(budget, Budget):
-        raise ConfigError(f"budget= must be a dask_llm.Budget, got {type(budget).__name__}")
+    if budget is None:
+        budget = adaptive_budget(job.endpoint, job.model)
+    elif budget is False:
+        budget = None
+    elif not isinstance(budget, Budget):
+        raise ConfigError(f"budget= must be a dask_llm.Budget or False, got {type(budget).__name__}")
     job = dataclasses.replace(job, budget=budget, progress=progress)
     job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
     job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite, key)
     if isinstance(df, pd.DataFrame):
         return enrich_partition(df, job)
+    # On the local schedulers, a failed or interrupted compute stops the
+    # partitions' calls (dask itself would let them run on).
+    watch_local_computes()
     meta = pd.concat([df._meta, job.outputs.empty(df._meta.index)], axis=1)
     # meta is given, so dask never calls enrich_partition on fake data, which
     # would be a paid call at graph-construction time.
@@ -252,7 +264,7 @@ def _make_job(
     if on_error not in ("store", "raise"):
         raise ConfigError(f"on_error= must be 'store' or 'raise', got {on_error!r}")
     template = Prompt(prompt, system)
-    template.check_columns(df.columns)
+    template.check_columns(df.columns, df.dtypes)
     outputs = OutputColumns(column)
     outputs.check_free(df.columns)
     merged = dict(params or {})

@@ -18,14 +18,16 @@ else (pandas frames, the threaded and synchronous schedulers).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from dataclasses import dataclass, field
 
+from ._config import Endpoint
 from ._errors import ConfigError
 from ._limiter import Limiter
 
-__all__ = ["Budget", "limiter_for"]
+__all__ = ["Budget", "adaptive_budget", "limiter_for"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,16 @@ class Budget:
             "burst": self.burst,
             "adaptive": self.adaptive,
         }
+
+
+def adaptive_budget(endpoint: Endpoint, model: str) -> Budget:
+    """The default budget of a job: adaptive, and named after the endpoint and
+    the model, so that every enrichment of that model there (in this process
+    or on this cluster) shares what was learned about its limits.
+    """
+    where = endpoint.azure_endpoint or endpoint.base_url or "https://api.openai.com/v1"
+    digest = hashlib.sha256(f"{where}\x1e{endpoint.api_version}\x1e{model}".encode()).hexdigest()[:16]
+    return Budget(name=f"dask-llm-adaptive-{digest}", adaptive=True)
 
 
 def limiter_for(budget: Budget | None) -> Limiter:

@@ -89,17 +89,20 @@ class Reservoir:
 
     # -- runner side ------------------------------------------------------
 
-    def acquire(self, tokens: int) -> None:
-        """Block until one request costing ``tokens`` may start; take its budget."""
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
+        """Block until one request costing ``tokens`` may start and take its
+        budget (``True``), or until ``stop`` is set (``False``, nothing taken)."""
         with self.lock:
             me = threading.Condition(self.lock)
             self._waiters.append(me)
             try:
                 while True:
+                    if stop is not None and stop.is_set():
+                        return False
                     if self._waiters[0] is me:
                         wait = self._try_take(tokens)
                         if wait == 0.0:
-                            return
+                            return True
                         me.wait(min(wait, MAX_NAP))
                     else:
                         me.wait(MAX_NAP)

@@ -223,8 +223,8 @@ class ProcessBudget:
                 with self._keeper_lock:
                     self._users -= 1
 
-    def acquire(self, tokens: int) -> None:
-        self.reservoir.acquire(tokens)
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
+        return self.reservoir.acquire(tokens, stop)
 
     def settle(self, reserved: int, used: int | None) -> None:
         self.reservoir.settle(reserved, used)

@@ -56,7 +56,7 @@ class ResponseCache:
     """
 
     url: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:

@@ -18,9 +18,10 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import _bench_endpoint, _cli_run, _status
-from ._errors import DaskLLMError
+from ._errors import DaskLLMError, vocabulary
 from .simulator import _cli as simulator_cli
 
 __all__ = ["build_parser", "main"]
@@ -40,20 +41,64 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (``--api-ke`` would otherwise be ``--api-key``
+    and escape every rule about secrets), and secrets masked in the usage
+    errors argparse prints."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        super().error(mask_secrets(message, _argv))
+
+
+def mask_secrets(text: str, argv: Sequence[str]) -> str:
+    """``text`` with every value in ``argv`` that looks secret replaced by ``***``:
+    the word after an option named like a key or secret, the value of a
+    ``KEY=VALUE`` with such a key, and anything shaped like an API key."""
+    secrets = []
+    words = list(argv)
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        if word.startswith("-") and _secret_name(name):
+            if eq:
+                secrets.append(value)
+            elif i + 1 < len(words):
+                secrets.append(words[i + 1])
+        elif eq and _secret_name(name.rsplit(".", 1)[-1]):
+            secrets.append(value)
+        elif word.startswith(("sk-", "sk_")) and len(word) > 8:
+            secrets.append(word)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secret_name(name: str) -> bool:
+    return any(w in name.lower() for w in ("key", "secret", "token", "password", "credential"))
+
+
+#: The words being parsed, for masking them in errors.
+_argv: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and cluster logs")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dask-llm", description="Enrich large dataframes with LLM output.", parents=[common]
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser(
         "run", parents=[common], help="enrich a Parquet, CSV or JSON Lines file",
         description="Add a column of LLM answers to every row of INPUT and write OUTPUT.",
     )  # fmt: skip
     _cli_run.add_arguments(run)
-    run.set_defaults(handler=_cli_run.run)
+    run.set_defaults(handler=_cli_run.run, parser=run)
 
     status = commands.add_parser(
         "status", parents=[common], help="show what a checkpoint holds",
@@ -81,19 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-llm`` console script; returns the exit status."""
+    global _argv
     argv = list(sys.argv[1:] if argv is None else argv)
+    _argv = argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv  # for the resume command line
     try:
-        return int(args.handler(args))
+        with vocabulary("cli"):
+            return int(args.handler(args))
     except KeyboardInterrupt:
         print(f"\ndask-llm {args.command}: interrupted", file=sys.stderr)
         return 130
     except USAGE_ERRORS as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"dask-llm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"dask-llm {args.command}: error: {mask_secrets(_one_line(exc), argv)}", file=sys.stderr)
         return 2
 
 

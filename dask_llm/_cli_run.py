@@ -60,15 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("endpoint")
     where.add_argument("--base-url", help="OpenAI-compatible API root (default: OPENAI_BASE_URL, else OpenAI)")
     where.add_argument("--api-key", help="API key (default: OPENAI_API_KEY; prefer the variable)")
+    where.add_argument(
+        "--api-key-env", metavar="NAME",
+        help="read the key from this environment variable in every worker process (no secret in the task graph)",
+    )  # fmt: skip
     where.add_argument("--azure-endpoint", help="https://RESOURCE.openai.azure.com (selects Azure)")
     where.add_argument("--api-version", help="Azure API version")
-    where.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    where.add_argument(
+        "--timeout", type=float, default=120.0,
+        help="seconds one attempt may take in all, the whole answer read (default: %(default)s)",
+    )  # fmt: skip
     how = parser.add_argument_group("how fast")
     how.add_argument("--threads", type=int, default=16, help="concurrent calls per partition (default: %(default)s)")
     how.add_argument("--max-attempts", type=int, default=6, help="calls per row at most, retries included (default: %(default)s)")
     how.add_argument("--max-concurrency", type=int, help="most calls in flight across the cluster")
     how.add_argument("--rpm", type=float, help="requests per minute across the cluster")
     how.add_argument("--tpm", type=float, help="tokens per minute across the cluster")
+    how.add_argument(
+        "--no-budget", action="store_true",
+        help="without --rpm/--tpm/--max-concurrency, call without the default adaptive budget",
+    )  # fmt: skip
     how.add_argument(
         "--scheduler", type=parse_scheduler, default="threads",
         help="sync, threads, local (a LocalCluster) or tcp://HOST:PORT (default: %(default)s)",
@@ -121,42 +132,66 @@ def parse_storage_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-_SECRET_OPTIONS = ("--api-key",)
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "passwd")
+#: Options never repeated on a command line that is printed or stored.
+_DROPPED = {"overwrite", "verbose"}
 
 
-def resume_command(argv: Sequence[str]) -> str:
-    """The command line that resumes this run: the same one, without
-    ``--overwrite`` (which would discard what the checkpoint holds) and with
-    secrets masked, since it is printed and stored."""
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        item = items[i]
-        name, eq, value = item.partition("=")
-        if item == "--overwrite":
-            i += 1
+def _secret(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def resume_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, list[str]]:
+    """The command line that resumes this run, and the environment variables
+    it refers to.
+
+    Built from the *parsed* options, not the words typed, so that secrets
+    are found by what they are, however they were spelled: the API key
+    becomes ``"$OPENAI_API_KEY"`` (or Azure's), a secret storage option
+    ``"secret=$DASK_LLM_STORAGE_SECRET"``, and the line can be pasted once
+    those are set. ``--overwrite`` is left out: it would discard what the
+    checkpoint holds.
+    """
+    words = ["dask-llm", "run"]
+    needed: list[str] = []
+    for action in parser._actions:
+        dest = action.dest
+        if dest in ("help", "argv", "handler", "command", "parser") or dest in _DROPPED:
             continue
-        if name in _SECRET_OPTIONS:
-            if eq:
-                out.append(f"{name}=***")
-            else:
-                out += [item, "***"]
-                i += 1
-        elif item == "--storage-option" and i + 1 < len(items) and _secret(items[i + 1]):
-            out += [item, items[i + 1].partition("=")[0] + "=***"]
-            i += 1
-        elif name == "--storage-option" and eq and _secret(value):
-            out.append(f"{name}={value.partition('=')[0]}=***")
+        value = getattr(args, dest, None)
+        if not action.option_strings:  # positional
+            words.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        if value is None or value == action.default and not isinstance(value, list):
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                words.append(flag)
+        elif dest == "api_key":
+            variable = "AZURE_OPENAI_API_KEY" if getattr(args, "azure_endpoint", None) else "OPENAI_API_KEY"
+            words += [flag, f"${variable}"]
+            needed.append(variable)
+        elif isinstance(value, list):
+            for item in value:
+                key, sep, _ = str(item).partition("=")
+                if sep and _secret(key.rsplit(".", 1)[-1]):
+                    variable = "DASK_LLM_STORAGE_" + "".join(c if c.isalnum() else "_" for c in key).upper()
+                    words += [flag, f"{key}=${variable}"]
+                    needed.append(variable)
+                else:
+                    words += [flag, str(item)]
         else:
-            out.append(item)
-        i += 1
-    return shlex.join(["dask-llm", *out])
-
-
-def _secret(option: str) -> bool:
-    return any(word in option.partition("=")[0].lower() for word in _SECRET_WORDS)
+            words += [flag, str(getattr(value, "raw", value))]
+    # Quote everything but the variable references, which the shell must expand.
+    quoted = []
+    for word in words:
+        if "$" in word and any(word.endswith(f"${v}") for v in needed):
+            head, _, var = word.rpartition("$")
+            quoted.append(f'"{head}${var}"' if head else f'"${var}"')
+        else:
+            quoted.append(shlex.quote(word))
+    return " ".join(quoted), needed
 
 
 def cost_function(model: str) -> Callable[[int, int], float] | None:
@@ -219,7 +254,7 @@ def resolve_endpoint(args: argparse.Namespace) -> Endpoint:
     """
     endpoint = Endpoint(
         base_url=args.base_url, api_key=args.api_key, azure_endpoint=args.azure_endpoint,
-        api_version=args.api_version, timeout=args.timeout,
+        api_version=args.api_version, timeout=args.timeout, api_key_env=getattr(args, "api_key_env", None),
     )  # fmt: skip
     try:
         return endpoint.resolve()
@@ -242,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     options = parse_storage_options(args.storage_option)
     endpoint = resolve_endpoint(args)
-    budget = None
+    budget: Budget | bool | None = False if args.no_budget else None  # None: the adaptive default
     if args.max_concurrency or args.rpm or args.tpm:
         budget = Budget(max_concurrency=args.max_concurrency, rpm=args.rpm, tpm=args.tpm)
     ddf = read_input(args.input, options, args.partitions)
@@ -370,7 +405,7 @@ def _print_interrupted(args: argparse.Namespace, snap: Snapshot, err: Any) -> No
     if args.checkpoint:
         err.write(
             f"Finished rows are saved in the checkpoint {args.checkpoint}; resume with:\n"
-            f"  {resume_command(args.argv)}\n"
+            f"  {_resume_hint(args)}\n"
         )
     else:
         err.write(
@@ -380,11 +415,18 @@ def _print_interrupted(args: argparse.Namespace, snap: Snapshot, err: Any) -> No
     err.flush()
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    line, needed = resume_command(args, args.parser)
+    if needed:
+        line += f"\n  (with {', '.join(needed)} set: secrets are not repeated)"
+    return line
+
+
 def _save_run_info(args: argparse.Namespace, options: Mapping[str, Any], total: int, partitions: int) -> None:
     """Record the command and the input's size in the checkpoint, for
     ``dask-llm status`` (best effort: a run does not fail for it)."""
     info = {
-        "command": resume_command(args.argv),
+        "command": _resume_hint(args),
         "rows": total,
         "partitions": partitions,
         "input": args.input,

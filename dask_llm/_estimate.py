@@ -29,7 +29,7 @@ from ._budget import Budget
 from ._dedup import request_key
 from ._errors import ConfigError
 from ._pricing import PriceTable, price_for
-from ._prompt import Prompt
+from ._prompt import Prompt, RenderError
 from ._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens
 
 __all__ = ["Estimate", "estimate"]
@@ -94,6 +94,8 @@ def _partition_stats(frame: pd.DataFrame, prompt: Prompt, request_base: Mapping[
     seen: set[str] = set()
     prompt_tokens = call_prompt_tokens = 0
     for messages in prompt.render(frame):
+        if isinstance(messages, RenderError):
+            continue  # not called: the row's error is its prompt
         tokens = estimate_prompt_tokens(messages)
         prompt_tokens += tokens
         key = request_key({**request_base, "messages": messages})
@@ -155,7 +157,7 @@ def estimate(
     if not (isinstance(latency, (int, float)) and latency > 0 and math.isfinite(latency)):
         raise ConfigError(f"latency= must be a positive number of seconds, got {latency!r}")
     template = Prompt(prompt, system)
-    template.check_columns(df.columns)
+    template.check_columns(df.columns, df.dtypes)
     base: dict[str, Any] = {"model": model, **dict(params or {})}
     if max_tokens is not None:
         base["max_tokens"] = max_tokens

@@ -8,6 +8,7 @@ limiter of a job without a budget: it permits everything at no cost.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
@@ -22,8 +23,9 @@ class Limiter(Protocol):
         requests (taking one per request would cost a round trip each)."""
         ...
 
-    def acquire(self, tokens: int) -> None:
-        """Block until one request estimated at ``tokens`` tokens may start."""
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
+        """Block until one request estimated at ``tokens`` tokens may start
+        (``True``), or ``stop`` is set (``False``: nothing was taken)."""
         ...
 
     def settle(self, reserved: int, used: int | None) -> None:
@@ -51,8 +53,8 @@ class Unlimited:
     def lease(self) -> Iterator[None]:
         yield
 
-    def acquire(self, tokens: int) -> None:
-        pass
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
+        return True
 
     def settle(self, reserved: int, used: int | None) -> None:
         pass

@@ -17,11 +17,10 @@ or threads, so the overhead stays far below one model call. The topic is
 unique per run, so two runs on one cluster never mix their counts.
 
 The same channel carries a stop request the other way: :func:`cancel` marks
-the topic as cancelled in every process, and the next row that finishes
-there raises :class:`Cancelled`, which stops its partition the way any
-error does (finished rows are journaled, calls in flight are abandoned).
-Dask cannot stop a running task by itself: cancelling a future only drops
-its result.
+the topic as cancelled in every process and stops its running pools (see
+:mod:`._stopping`): calls in flight are cut short within a fraction of a
+second and finished rows are journaled. Dask cannot stop a running task by
+itself: cancelling a future only drops its result.
 """
 
 from __future__ import annotations
@@ -99,9 +98,13 @@ _registry_lock = threading.Lock()
 
 
 def cancel(topic: str) -> None:
-    """Make every partition of the run on ``topic`` in this process stop at
-    its next finished row. ``client.run(cancel, topic)`` does it cluster-wide."""
+    """Stop every partition of the run on ``topic`` in this process: calls in
+    flight are cut short, finished rows are journaled, and partitions not
+    started yet do not start. ``client.run(cancel, topic)`` does it cluster-wide."""
+    from ._stopping import stop_topic
+
     _cancelled.add(topic)
+    stop_topic(topic)
 
 
 def active(topic: str) -> int:

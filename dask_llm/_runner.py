@@ -32,6 +32,7 @@ import pandas as pd
 from ._budget import Budget, limiter_for
 from ._cache import CachedAnswer, ResponseCache
 from ._checkpoint import FIELDS, Checkpoint
+from ._breaker import breaker_for
 from ._client import Failure, Kind, classify, complete
 from ._dedup import DedupPlan, call_once, plan, request_key, reused
 from ._config import Endpoint, RetryPolicy
@@ -43,8 +44,9 @@ from ._errors import (
 )
 from ._limiter import Limiter
 from ._pricing import Price
-from ._progress import ProgressChannel, partition_progress
-from ._prompt import Prompt
+from ._progress import Cancelled, ProgressChannel, partition_progress
+from ._stopping import Stoppable, running, task_released
+from ._prompt import Prompt, RenderError
 from ._schema import OutputColumns
 from ._spend import BUDGET_EXHAUSTED, SpendCap, SpendCounter, SpendGate, counter_for
 from ._structured import InvalidAnswer
@@ -140,19 +142,32 @@ def enrich_partition(
         with report:
             return _result(frame, job.outputs, saved.records)
 
-    # Prompts only for the rows to call: a resume renders nothing else.
-    messages = job.prompt.render(frame.iloc[todo]) if len(todo) < n else job.prompt.render(frame)
-    requests = [job.request(m) for m in messages]
+    # Prompts only for the rows to call: a resume renders nothing else. A row
+    # whose prompt cannot be rendered gets that as its error, without a call.
+    rendered = job.prompt.render(frame.iloc[todo]) if len(todo) < n else job.prompt.render(frame)
     outcomes: dict[int, Outcome] = {}  # by position in the partition
+    unrenderable = [k for k, m in enumerate(rendered) if isinstance(m, RenderError)]
+    for k in unrenderable:
+        outcomes[todo[k]] = Outcome(error=str(rendered[k]), finished_at=time.time())
+    if unrenderable and job.on_error == "raise":
+        label = frame.index[todo[unrenderable[0]]]
+        raise RowError(f"row {label!r} failed: {rendered[unrenderable[0]]}", row=label)
+    callable_rows = [k for k, m in enumerate(rendered) if not isinstance(m, RenderError)]
+    requests = [job.request(m) if not isinstance(m, RenderError) else {} for m in rendered]
 
     # De-duplication: one leader per distinct request is called; its
     # followers get its outcome as it arrives.
-    dedup = plan(requests, range(len(todo))) if job.dedup else DedupPlan(tuple(range(len(todo))), {}, {})
+    dedup = plan(requests, callable_rows) if job.dedup else DedupPlan(tuple(callable_rows), {}, {})
     spend = counter_for(job.spend_cap) if job.spend_cap is not None else None  # in the task's thread
 
     # The journal closes (saving finished rows) before the report does, so a
     # partition that no longer counts as running has nothing left unsaved.
     with report, saved.journal() if saved is not None else contextlib.nullcontext() as journal:
+
+        for k in unrenderable:
+            if journal is not None:
+                journal.add(todo[k], outcomes[todo[k]])
+            report.row(outcomes[todo[k]])
 
         def store(k: int, outcome: Outcome) -> None:
             for j in (k, *dedup.followers.get(k, ())):
@@ -243,6 +258,9 @@ def run_rows(
 
 
 class _Pool:
+    """The threads of one partition and what they share: the row iterator,
+    the stop event, the first error, and the endpoint's breaker."""
+
     def __init__(
         self,
         requests: Sequence[dict[str, Any]],
@@ -262,26 +280,40 @@ class _Pool:
         self.unreachable_after = min(UNREACHABLE_AFTER, len(rows))
         self._rows = iter(rows)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._error: BaseException | None = None
         self._connect_streak = 0
+        self.breaker = breaker_for(job.endpoint, job.run_id)
+        self._handle: Stoppable | None = None
+        self._stop = threading.Event()
         self.spend = SpendGate(job.spend_cap, spend, job.price, self._stop)
 
     def run(self) -> None:
-        threads = [
-            threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True)
-            for k in range(self.n_threads)
-        ]
-        for t in threads:
-            t.start()
-        try:
-            # Short joins keep the calling thread responsive to Ctrl+C.
+        topic = self.job.progress.topic if self.job.progress is not None else None
+        with running(topic) as handle:
+            self._handle = handle
+            self._stop = handle.stop
+            self.spend.stop = handle.stop
+            threads = [
+                threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True)
+                for k in range(self.n_threads)
+            ]
             for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
-        except BaseException:
-            self._stop.set()
-            raise
+                t.start()
+            try:
+                # Short joins keep the calling thread responsive to Ctrl+C
+                # and to a task that the cluster no longer wants.
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+                        if task_released():
+                            handle.request_stop("the task was cancelled")
+            except BaseException:
+                handle.request_stop("interrupted")
+                _join_briefly(threads)
+                raise
+            if self._error is None and handle.reason is not None:
+                # Stopped from outside: the rows not called are left for the next run.
+                raise Cancelled(f"run stopped: {handle.reason}")
         if self._error is not None:
             raise self._error
 
@@ -291,29 +323,39 @@ class _Pool:
                 return None
             return next(self._rows, None)
 
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        # Stop the others now, calls in flight included.
+        if self._handle is not None:
+            self._handle.request_stop(f"{type(exc).__name__}")
+        else:
+            self._stop.set()
+
     def _work(self) -> None:
         rng = random.Random()
         try:
             with self.limiter.lease():
                 while (i := self._next_row()) is not None:
                     outcome = self._reuse_or_call(self.requests[i], rng)
+                    if outcome is None:
+                        return  # stopped while calling: the row is left for the next run
                     self._settle_row(i, outcome)
         except BaseException as exc:  # handed to the calling thread by run()
-            with self._lock:
-                if self._error is None:
-                    self._error = exc
-            self._stop.set()
+            self._fail(exc)
 
-    def _reuse_or_call(self, request: dict[str, Any], rng: random.Random) -> Outcome:
+    def _reuse_or_call(self, request: dict[str, Any], rng: random.Random) -> Outcome | None:
         """The row's outcome from the response cache, an identical call of
-        another partition in this process, or a call of its own."""
+        another partition in this process, or a call of its own (``None``:
+        the pool stopped first)."""
         job = self.job
         if job.cache is None and not job.dedup:
             return self._call(request, rng)
         return call_once(
             request_key(request),
             lambda: self._call(request, rng),
-            ok=lambda o: o.ok,
+            ok=lambda o: o is not None and o.ok,
             share=job.run_id if job.dedup else None,
             cache=job.cache,
             from_cache=lambda hit: Outcome(text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0,
@@ -322,8 +364,8 @@ class _Pool:
             stop=self._stop,
         )
 
-    def _call(self, request: dict[str, Any], rng: random.Random) -> Outcome:
-        job, limiter = self.job, self.limiter
+    def _call(self, request: dict[str, Any], rng: random.Random) -> Outcome | None:
+        job, limiter, retry = self.job, self.limiter, self.job.retry
         reserve = estimate_request_tokens(request)
         # The spend cap counts what is billed: the prompt, and at most
         # max_tokens (or the default guess) of answer.
@@ -331,40 +373,46 @@ class _Pool:
         spend_estimate = (estimate_prompt_tokens(request["messages"]), int(cap or DEFAULT_COMPLETION_ESTIMATE))
         structured = job.outputs.structured
         start = time.monotonic()
-        attempt = 0
+        calls = 0  # attempts made, 429s included
+        failures = 0  # attempts that count toward max_attempts (not 429s)
         # Billed over every answered attempt: an invalid answer costs as much as a good one.
         billed_prompt = billed_completion = 0
         usage_seen = False
         rate_limited = 0
+        limited_streak = 0
+        waited_for_limits = 0.0
 
-        def billed() -> dict[str, Any]:
-            if not usage_seen:
-                return {"prompt_tokens": None, "completion_tokens": None}
-            return {"prompt_tokens": billed_prompt, "completion_tokens": billed_completion}
+        def outcome(**fields: Any) -> Outcome:
+            billed = (
+                {"prompt_tokens": billed_prompt, "completion_tokens": billed_completion}
+                if usage_seen else {"prompt_tokens": None, "completion_tokens": None}
+            )  # fmt: skip
+            latency = time.monotonic() - start if calls else math.nan
+            return Outcome(**billed, attempts=calls, latency=latency, rate_limited=rate_limited,
+                           finished_at=time.time(), **fields)  # fmt: skip
 
         while True:
-            attempt += 1
+            self.breaker.check()
+            if self._stop.is_set():
+                return None
             charge = self.spend.reserve(*spend_estimate)
             if charge is None:
-                return Outcome(
-                    error=self.spend.exhausted_message(),
-                    **billed(),
-                    attempts=attempt - 1,
-                    latency=time.monotonic() - start if attempt > 1 else math.nan,
-                    rate_limited=rate_limited,
-                    finished_at=time.time(),
-                )
-            limiter.acquire(reserve)
+                return None if self._stop.is_set() else outcome(error=self.spend.exhausted_message())
+            if not limiter.acquire(reserve, self._stop):
+                self.spend.settle(charge, None, None)
+                return None
+            calls += 1
             try:
-                answer = complete(job.endpoint, request)
+                answer = complete(job.endpoint, request, self._stop)
             except Exception as exc:
                 self.spend.settle(charge, None, None)
-                failure = classify(exc)
+                failure = classify(exc, job.endpoint.timeout)
             else:
                 self.spend.settle(charge, answer.prompt_tokens, answer.completion_tokens)
                 counted = _counted_tokens(request, answer.prompt_tokens, answer.completion_tokens, reserve)
                 limiter.settle(reserve, counted)
                 limiter.observe(answer.headers)
+                self.breaker.success()
                 billed_prompt += answer.prompt_tokens or 0
                 billed_completion += answer.completion_tokens or 0
                 usage_seen = usage_seen or answer.prompt_tokens is not None or answer.completion_tokens is not None
@@ -374,37 +422,44 @@ class _Pool:
                         structured.parse(answer.text)
                     except InvalidAnswer as exc:
                         problem = f"invalid structured answer: {exc}"
-                if problem is not None and attempt < job.retry.max_attempts and not self._stop.is_set():
-                    continue  # the model misspoke: ask again at once, no back-off needed
-                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                return Outcome(
-                    text=answer.text,  # kept when invalid: the raw answer explains the error
-                    error=None if problem is None else problem + tries,
-                    **billed(),
-                    attempts=attempt,
-                    latency=time.monotonic() - start,
-                    rate_limited=rate_limited,
-                    finished_at=time.time(),
-                )
+                if problem is not None:
+                    failures += 1
+                    if failures < retry.max_attempts and not self._stop.is_set():
+                        continue  # the model misspoke: ask again at once, no back-off needed
+                tries = f" (after {calls} attempts)" if calls > 1 else ""
+                # The raw answer is kept when invalid: it explains the error.
+                return outcome(text=answer.text, error=None if problem is None else problem + tries)
             limiter.settle(reserve, None)
             if failure.headers is not None:
                 limiter.observe(failure.headers)
-            if failure.kind is Kind.RATE_LIMITED:
-                rate_limited += 1
-                limiter.penalize(failure.retry_after)
+            if failure.kind is Kind.STOPPED:
+                return None
             self._raise_if_endpoint_wide(failure)
-            give_up = not failure.retryable or attempt >= job.retry.max_attempts
-            if give_up or self._stop.wait(job.retry.delay(attempt, failure.retry_after, rng)):
-                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                return Outcome(
-                    error=failure.message + tries,
-                    **billed(),
-                    attempts=attempt,
-                    latency=time.monotonic() - start,
-                    could_not_connect=failure.kind is Kind.CONNECTION,
-                    rate_limited=rate_limited,
-                    finished_at=time.time(),
-                )
+            self.breaker.failure(failure)
+            if failure.kind is Kind.RATE_LIMITED:
+                # A wait, not a failure: every thread of the budget pauses, and
+                # this row waits at least the provider's hint.
+                rate_limited += 1
+                limited_streak += 1
+                limiter.penalize(failure.retry_after)
+                wait = retry.rate_limit_delay(limited_streak, failure.retry_after, rng)
+                if waited_for_limits + wait > retry.max_rate_limit_wait:
+                    return outcome(
+                        error=f"rate limited for {waited_for_limits:,.0f} s (RetryPolicy.max_rate_limit_wait "
+                        f"{retry.max_rate_limit_wait:g} s), {rate_limited} answers 429; last: {failure.message}"
+                    )
+                waited_for_limits += wait
+                if self._stop.wait(wait):
+                    return None
+                continue
+            limited_streak = 0
+            failures += 1
+            give_up = not failure.retryable or failures >= retry.max_attempts
+            if give_up or self._stop.wait(retry.delay(failures, failure.retry_after, rng)):
+                if not give_up:
+                    return None  # stopped while backing off
+                tries = f" (after {calls} attempts)" if calls > 1 else ""
+                return outcome(error=failure.message + tries, could_not_connect=failure.kind is Kind.CONNECTION)
 
     def _raise_if_endpoint_wide(self, failure: Failure) -> None:
         where = self.job.endpoint.display_url
@@ -421,7 +476,7 @@ class _Pool:
 
     def _settle_row(self, i: int, outcome: Outcome) -> None:
         if self._stop.is_set() and not outcome.ok:
-            return  # cut short because another thread stopped the pool
+            return  # cut short because the pool is stopping
         with self._lock:
             self._connect_streak = self._connect_streak + 1 if outcome.could_not_connect else 0
             unreachable = self._connect_streak >= self.unreachable_after
@@ -435,6 +490,15 @@ class _Pool:
         if not outcome.ok and self.job.on_error == "raise":
             label = self.labels[i] if self.labels is not None else i
             raise RowError(f"row {label!r} failed: {outcome.error}", row=label)
+
+
+def _join_briefly(threads: Sequence[threading.Thread], timeout: float = 2.0) -> None:
+    """Wait, at most ``timeout`` seconds, for stopped threads to hand over
+    their last outcomes (calls in flight are cut short within a fraction of
+    a second; a thread still waiting on the cluster is left to end alone)."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _counted_tokens(request: Mapping[str, Any], prompt: int | None, completion: int | None, reserved: int) -> int:

@@ -7,9 +7,15 @@ import shlex
 
 import pytest
 
+from dask_llm._cli import build_parser, main
 from dask_llm._cli_run import parse_storage_options, resume_command
 from dask_llm._errors import ConfigError
 from dask_llm._io import format_of
+
+
+def _parsed(argv: list[str]) -> tuple[str, list[str]]:
+    args = build_parser().parse_args(argv)
+    return resume_command(args, args.parser)
 
 
 def test_resume_command_is_the_same_run_without_overwrite_or_secrets():
@@ -17,14 +23,28 @@ def test_resume_command_is_the_same_run_without_overwrite_or_secrets():
             "--api-key", "sk-secret", "--checkpoint", "s3://b/ck", "--overwrite",
             "--storage-option", "key=AKIA", "--storage-option=secret=shh",
             "--storage-option", "client_kwargs.endpoint_url=http://h:9000"]  # fmt: skip
-    line = resume_command(argv)
-    assert "sk-secret" not in line and "AKIA" not in line and "shh" not in line
-    assert shlex.split(line) == [
-        "dask-llm", "run", "in.csv", "out dir/", "--prompt", "Classify: {text}", "--column", "label",
-        "--model", "m", "--api-key", "***", "--checkpoint", "s3://b/ck",
-        "--storage-option", "key=***", "--storage-option=secret=***",
-        "--storage-option", "client_kwargs.endpoint_url=http://h:9000",
-    ]  # fmt: skip
+    line, needed = _parsed(argv)
+    assert "sk-secret" not in line and "AKIA" not in line and "shh" not in line and "***" not in line
+    assert needed == ["OPENAI_API_KEY", "DASK_LLM_STORAGE_KEY", "DASK_LLM_STORAGE_SECRET"]
+    # The line can be pasted: the shell expands the variables.
+    expanded = shlex.split(line.replace("$OPENAI_API_KEY", "K1").replace("$DASK_LLM_STORAGE_KEY", "K2")
+                           .replace("$DASK_LLM_STORAGE_SECRET", "K3"))  # fmt: skip
+    again = build_parser().parse_args(expanded[1:])
+    assert again.api_key == "K1" and again.storage_option == ["key=K2", "secret=K3",
+                                                               "client_kwargs.endpoint_url=http://h:9000"]
+    assert again.prompt == "Classify: {text}" and again.output == "out dir/" and not again.overwrite
+
+
+def test_abbreviated_options_are_refused_and_their_secrets_not_printed(capsys):
+    for argv in (["run", "a.csv", "b.csv", "--prompt", "p", "--column", "c", "--model", "m", "--api-ke", "sk-abcdefgh123"],
+                 ["run", "a.csv", "b.csv", "--prompt", "p", "--column", "c", "--model", "m",
+                  "--storage-opt", "secret=hunter22"]):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" in err
+        assert "sk-abcdefgh123" not in err and "hunter22" not in err
 
 
 def test_storage_options_parse_json_values_and_nest_dotted_keys():

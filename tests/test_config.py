@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import datetime
+import email.utils
 import random
 
 import httpx2
@@ -11,7 +13,7 @@ import pytest
 
 import dask_llm
 from dask_llm import ConfigError, Endpoint, RetryPolicy
-from dask_llm._client import Kind, classify, retry_after_seconds
+from dask_llm._client import Kind, classify, parse_duration, retry_hint
 from dask_llm._prompt import Prompt
 
 
@@ -69,6 +71,20 @@ def test_retry_delay_is_jittered_exponential_and_honours_retry_after():
     assert RetryPolicy(max_retry_after=2.0).delay(1, 600.0, rng) < 3.0
 
 
+def test_rate_limit_waits_grow_with_the_streak_and_never_undercut_the_hint():
+    policy = RetryPolicy(backoff_initial=0.5, backoff_max=30.0)
+    rng = random.Random(0)
+    for streak, ceiling in [(1, 0.5), (3, 2.0), (7, 30.0), (12, 30.0)]:
+        waits = [policy.rate_limit_delay(streak, None, rng) for _ in range(200)]
+        assert ceiling / 2 <= min(waits) and max(waits) <= ceiling
+    # A small hint does not let six 429s use up a row in half a second: the
+    # back-off grows regardless, and 429s count toward no attempt limit.
+    total = sum(policy.rate_limit_delay(k, 0.01, rng) for k in range(1, 7))
+    assert total > 5.0
+    hinted = [policy.rate_limit_delay(1, 20.0, rng) for _ in range(100)]
+    assert min(hinted) >= 20.0 and max(hinted) <= 20.0 * 1.1 + 0.05
+
+
 def _status_error(status: int, body: dict, headers: dict | None = None) -> openai.APIStatusError:
     request = httpx2.Request("POST", "http://x/v1/chat/completions")
     response = httpx2.Response(status, headers=headers or {}, json=body, request=request)
@@ -101,17 +117,25 @@ def test_classify_status_errors(status, code, kind):
 
 def test_classify_transport_errors_and_reraises_bugs():
     request = httpx2.Request("POST", "http://x")
-    assert classify(openai.APITimeoutError(request)).kind is Kind.TRANSIENT
+    assert classify(openai.APITimeoutError(request)).kind is Kind.TIMEOUT
     assert classify(openai.APIConnectionError(request=request)).kind is Kind.CONNECTION
     with pytest.raises(ZeroDivisionError):
         classify(ZeroDivisionError())
 
 
-def test_retry_after_headers():
-    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
-    assert retry_after_seconds({"retry-after": "2"}) == 2.0
-    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert retry_after_seconds({}) is None
+def test_every_retry_hint_providers_send():
+    assert retry_hint({"retry-after-ms": "250"}) == 0.25
+    assert retry_hint({"retry-after": "2"}) == 2.0
+    assert retry_hint({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    future = email.utils.format_datetime(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30))
+    assert 25 < retry_hint({"retry-after": future}) <= 31
+    assert retry_hint({"llm_provider-retry-after": "60"}) == 60.0  # LiteLLM's proxy
+    assert retry_hint({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}) == 1.0
+    assert retry_hint({"x-ratelimit-reset-tokens": "150ms"}) == 0.15
+    assert retry_hint({}, "Rate limit reached for m. Please try again in 1.234s.") == 1.234
+    assert retry_hint({}, "Please try again in 6m0s.") == 360.0
+    assert retry_hint({}) is None and retry_hint({}, "slow down") is None
+    assert parse_duration("1h2m3.5s") == 3723.5 and parse_duration("soon") is None
 
 
 def test_prompt_columns_in_order_of_appearance():

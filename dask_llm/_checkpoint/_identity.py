@@ -82,9 +82,8 @@ def _hash_column(values: pd.Series | pd.Index, keys: Sequence[str]) -> list[np.n
         obj = np.asarray(values.to_numpy(dtype=object, na_value=None))
         try:
             return [hash_array(obj, hash_key=k, categorize=False) for k in keys]
-        except TypeError:  # unhashable cells (lists, dicts): their text
-            text = obj.astype(str).astype(object)
-            return [hash_array(text, hash_key=k, categorize=False) for k in keys]
+        except (TypeError, UnicodeEncodeError):  # lists, dicts, lone surrogates: their text's bytes
+            return [hash_array(_as_bytes(obj), hash_key=k, categorize=False) for k in keys]
     if isinstance(values, pd.Index):
         values = values.to_series(index=pd.RangeIndex(len(values)))
     try:
@@ -92,9 +91,16 @@ def _hash_column(values: pd.Series | pd.Index, keys: Sequence[str]) -> list[np.n
             pd.util.hash_pandas_object(values, index=False, hash_key=k, categorize=False).to_numpy(np.uint64)
             for k in keys
         ]
-    except TypeError:
-        text = values.astype(str).to_numpy(dtype=object)
-        return [hash_array(text, hash_key=k, categorize=False) for k in keys]
+    except (TypeError, UnicodeEncodeError):
+        obj = np.asarray(values.to_numpy(dtype=object))
+        return [hash_array(_as_bytes(obj), hash_key=k, categorize=False) for k in keys]
+
+
+def _as_bytes(obj: np.ndarray) -> np.ndarray:
+    out = np.empty(len(obj), dtype=object)
+    for i, v in enumerate(obj):
+        out[i] = None if v is None else str(v).encode("utf-8", "surrogatepass")
+    return out
 
 
 def _combine(arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
