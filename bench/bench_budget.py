@@ -49,7 +49,7 @@ from distributed import Client, LocalCluster
 
 import dask_llm
 from dask_llm import Budget, RetryPolicy
-from dask_llm._budget_plugin import BudgetPlugin
+from dask_llm._coordination._plugin import CoordinatorPlugin
 from dask_llm.simulator import Simulator, SimulatorConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,8 +89,8 @@ def _install_counters(dask_scheduler: Any) -> None:
 
 def _read_counters(dask_scheduler: Any) -> dict[str, int]:
     counts = dict(dask_scheduler.__dict__.get("_bench_counts", {}))
-    plugin = dask_scheduler.plugins.get("dask-llm-budget")
-    pushes = sum(e.messages["push"] for e in plugin.budgets.values()) if plugin else 0
+    plugin = dask_scheduler.plugins.get("dask-llm")
+    pushes = sum(e.messages["push"] for e in plugin.state.budgets.values()) if plugin else 0
     counts["push"] = pushes
     return counts
 
@@ -171,9 +171,10 @@ def budget_code_path(threads: int = 32, per_thread: int = 4000) -> dict[str, Any
     request wherever it runs, free of cluster noise."""
     import threading
 
-    from dask_llm._budget import limiter_for
+    from dask_llm._budget._process import limiter_for
+    from dask_llm._coordination import local_coordinator
 
-    limiter = limiter_for(Budget(rpm=1e9, tpm=1e12, max_concurrency=threads))
+    limiter = limiter_for(Budget(rpm=1e9, tpm=1e12, max_concurrency=threads), local_coordinator())
     headers = {"x-ratelimit-limit-requests": "1000000000", "x-ratelimit-limit-tokens": "1000000000000"}
 
     def work() -> None:
@@ -230,7 +231,7 @@ def main() -> int:
     with dask.config.set({"distributed.worker.daemon": True}), LocalCluster(
         n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     ) as cluster, Client(cluster) as client:
-        client.register_plugin(BudgetPlugin())
+        client.register_plugin(CoordinatorPlugin())
         client.run_on_scheduler(_install_counters)
 
         # 1. RPM wall --------------------------------------------------------------

@@ -6,28 +6,28 @@ import dataclasses
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, overload
-
-import dask.dataframe as dd
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._budget import Budget, adaptive_budget
-from ._cache import ResponseCache
 from ._checkpoint import RunSpec, open_checkpoint
 from ._config import Endpoint, RetryPolicy
+from ._core._prompt import Prompt
+from ._core._schema import OutputColumns
+from ._core._structured import structured_output
+from ._cost._cache import ResponseCache
+from ._cost._pricing import PriceTable, price_for
+from ._cost._spend import SpendCap
+from ._engines import engine_for
 from ._errors import ConfigError
-from ._pricing import PriceTable, price_for
-from ._progress import ProgressChannel
-from ._prompt import Prompt
-from ._runner import Job, enrich_partition
-from ._schema import OutputColumns
-from ._spend import SpendCap
-from ._stopping import watch_local_computes
-from ._structured import structured_output
+from ._run import Job, ProgressChannel
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import pandas as pd
 
 __all__ = ["enrich"]
 
-Frame = TypeVar("Frame", pd.DataFrame, dd.DataFrame)
+Frame = TypeVar("Frame", "pd.DataFrame", "dd.DataFrame")
 
 #: Request fields that enrich() sets itself.
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "n"})
@@ -159,7 +159,7 @@ def enrich(
         Shares answers between worker processes and between runs.
     progress : ProgressChannel, optional
         Where partitions report their rows as they finish, for a live
-        progress display (``dask-llm run`` uses it; see ``dask_llm._progress``).
+        progress display (``dask-llm run`` uses it; see ``dask_llm._run._progress``).
     key : str or list of str, optional
         With ``checkpoint``: the column(s) that identify a row, instead of
         the index. A row is "already paid for" when a row with the same
@@ -227,15 +227,13 @@ def enrich(
     job = dataclasses.replace(job, budget=budget, progress=progress)
     job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
     job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite, key)
-    if isinstance(df, pd.DataFrame):
-        return enrich_partition(df, job)
-    # On the local schedulers, a failed or interrupted compute stops the
-    # partitions' calls (dask itself would let them run on).
-    watch_local_computes()
-    meta = pd.concat([df._meta, job.outputs.empty(df._meta.index)], axis=1)
-    # meta is given, so dask never calls enrich_partition on fake data, which
-    # would be a paid call at graph-construction time.
-    return df.map_partitions(enrich_partition, job, meta=meta, token=f"llm-{column}")
+    if engine_for(df) == "pandas":
+        from ._engines._pandas import enrich_pandas
+
+        return enrich_pandas(df, job)  # type: ignore[return-value]
+    from ._engines._dask import enrich_dask
+
+    return enrich_dask(df, job)  # type: ignore[return-value]
 
 
 def _make_job(
@@ -253,7 +251,7 @@ def _make_job(
     retry: RetryPolicy | None,
     on_error: str,
 ) -> Job:
-    if not isinstance(df, (pd.DataFrame, dd.DataFrame)):
+    if engine_for(df) is None:
         raise ConfigError(f"enrich() takes a pandas or dask DataFrame, not {type(df).__name__}")
     if not isinstance(column, str) or not column:
         raise ConfigError("column= must be a non-empty string")

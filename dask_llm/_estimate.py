@@ -26,11 +26,11 @@ import dask.dataframe as dd
 import pandas as pd
 
 from ._budget import Budget
-from ._dedup import request_key
+from ._core._dedup import request_key
 from ._errors import ConfigError
-from ._pricing import PriceTable, price_for
-from ._prompt import Prompt, RenderError
-from ._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens
+from ._cost._pricing import PriceTable, price_for
+from ._core._prompt import Prompt, RenderError
+from ._core._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens
 
 __all__ = ["Estimate", "estimate"]
 

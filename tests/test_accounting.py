@@ -8,7 +8,7 @@ import pytest
 
 import dask_llm
 from dask_llm import Price, RetryPolicy
-from dask_llm._pricing import price_for
+from dask_llm._cost._pricing import price_for
 
 from .conftest import endpoint_for
 

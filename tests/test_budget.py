@@ -21,9 +21,10 @@ import pytest
 
 import dask_llm
 from dask_llm import Budget, ConfigError
-from dask_llm._budget_alloc import GRACE, Allocator
-from dask_llm._budget_plugin import PUSH_OP, BudgetPlugin
-from dask_llm._runner import _counted_tokens
+from dask_llm._budget._alloc import GRACE, Allocator
+from dask_llm._coordination import PUSH_GRANT
+from dask_llm._coordination._plugin import CoordinatorPlugin
+from dask_llm._run._runner import _counted_tokens
 from dask_llm.simulator import Simulator, expected_answer
 
 from .conftest import endpoint_for
@@ -143,23 +144,32 @@ def test_a_429_pauses_every_other_holder() -> None:
 
 def test_adaptive_rate_backs_off_on_429_and_probes_upward_when_clean() -> None:
     alloc = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
-    # No limit until the provider objects.
+    # No limit until the provider objects. "observed": what it answered.
     alloc.lease("a", demand=4, now=1.0, observed=700.0)
     alloc.lease("b", demand=4, now=1.0, observed=500.0)
     assert alloc.rpm is None
-    for k in range(5):  # one overload episode, many 429s: one halving
+    for k in range(5):  # one overload episode, many 429s: one decrease
         alloc.penalize("a", 0.5, now=2.0 + 0.01 * k)
-    assert alloc.rpm == pytest.approx(600)
+    assert alloc.rpm == pytest.approx(0.9 * 1200)  # a little under what was answered
     # Clean and held back by the budget: probe upward, one step per interval.
-    alloc.lease("a", demand=4, now=3.0, saturated=True)
-    assert alloc.rpm == pytest.approx(600)
-    alloc.lease("a", demand=4, now=5.0, saturated=True)
-    assert alloc.rpm == pytest.approx(660)
+    alloc.lease("a", demand=4, now=3.0, saturated=True, observed=700.0)
+    assert alloc.rpm == pytest.approx(1080)
+    alloc.lease("a", demand=4, now=5.0, saturated=True, observed=560.0)
+    assert alloc.rpm == pytest.approx(1188)
     # Not held back by the budget: no reason to probe.
-    alloc.lease("a", demand=4, now=9.0, saturated=False)
-    assert alloc.rpm == pytest.approx(660)
-    alloc.penalize("b", 1.0, now=10.0)
-    assert alloc.rpm == pytest.approx(330)
+    alloc.lease("a", demand=4, now=9.0, saturated=False, observed=560.0)
+    assert alloc.rpm == pytest.approx(1188)
+    # Another episode: under what is answered now (560 + 500), never above the rate in force.
+    alloc.lease("b", demand=4, now=9.5, observed=500.0)
+    alloc.penalize("b", 1.0, now=10.0, observed=500.0)
+    assert alloc.rpm == pytest.approx(0.9 * 1060)
+    # Nothing answered at all: a slow start, then halving.
+    starved = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
+    starved.lease("a", demand=1, now=0.0)
+    starved.penalize("a", 1.0, now=1.0)
+    assert starved.rpm == pytest.approx(60.0)
+    starved.penalize("a", 1.0, now=3.0)
+    assert starved.rpm == pytest.approx(30.0)
     # The provider's announced limit caps the rate, and then a 429 (another
     # client of the account) costs a cool-down, not speed.
     alloc.lease("a", demand=4, now=11.0, learned={"rpm": 200.0})
@@ -187,7 +197,7 @@ def test_scheduler_plugin_reassigns_a_dead_workers_share_and_guards_limits() -> 
     import asyncio
 
     sched = _FakeScheduler(["w1", "w2"])
-    plugin = BudgetPlugin()
+    plugin = CoordinatorPlugin()
 
     async def start() -> None:
         await plugin.start(sched)
@@ -197,17 +207,18 @@ def test_scheduler_plugin_reassigns_a_dead_workers_share_and_guards_limits() -> 
     asyncio.run(start())
     assert "dask_llm_budget_lease" in sched.handlers
     limits = Budget(rpm=600, name="acct").limits()
-    plugin.lease("acct", limits, "w1", demand=4)
-    plugin.lease("acct", limits, "w2", demand=4)
+    lease = sched.handlers["dask_llm_budget_lease"]  # what a worker's call runs
+    lease(holder="w1", name="acct", limits=limits, demand=4)
+    lease(holder="w2", name="acct", limits=limits, demand=4)
     assert sched.sent[-1][0] == "w1" and sched.sent[-1][1]["grant"]["rpm"] == 300
     # Same name, other limits, while in use: refused.
     with pytest.raises(ConfigError, match="acct"):
-        plugin.lease("acct", Budget(rpm=900, name="acct").limits(), "w1", demand=4)
+        lease(holder="w1", name="acct", limits=Budget(rpm=900, name="acct").limits(), demand=4)
     # w2 dies: w1 gets the whole rate at once.
     del sched.stream_comms["w2"]
     plugin.remove_worker(sched, "w2")
     worker, msg = sched.sent[-1]
-    assert (worker, msg["op"], msg["grant"]["rpm"]) == ("w1", PUSH_OP, 600)
+    assert (worker, msg["op"], msg["grant"]["rpm"]) == ("w1", PUSH_GRANT, 600)
 
 
 # -- in-process, without a cluster --------------------------------------------------
@@ -333,9 +344,10 @@ def _hold_and_penalize(budget: Budget, penalize: bool) -> float:
     how much cool-down they see once it has."""
     from distributed import Event
 
-    from dask_llm._budget import limiter_for
+    from dask_llm._budget._process import limiter_for
+    from dask_llm._coordination import current
 
-    limiter = limiter_for(budget)
+    limiter = limiter_for(budget, current())
     joined, penalized = Event(f"{budget.name}-joined"), Event(f"{budget.name}-penalized")
     with limiter.lease():
         limiter.acquire(1)
@@ -376,7 +388,7 @@ def test_unknown_limits_are_learned(cluster: Any, start_sim: Callable[..., Simul
 
 
 def _budget_stats(dask_scheduler: Any, name: str) -> dict[str, Any]:
-    return dask_scheduler.plugins["dask-llm-budget"].stats(name)
+    return dask_scheduler.plugins["dask-llm"].state.budget_stats(name)
 
 
 def test_a_dead_worker_leaks_no_budget(cluster: Any, start_sim: Callable[..., Simulator]) -> None:

@@ -29,7 +29,7 @@ TIMEOUT = 120
 
 def dask_llm_command() -> list[str]:
     script = shutil.which("dask-llm", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "dask_llm._cli"]
+    return [script] if script else [sys.executable, "-m", "dask_llm.cli"]
 
 
 def clean_env() -> dict[str, str]:

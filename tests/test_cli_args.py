@@ -7,10 +7,10 @@ import shlex
 
 import pytest
 
-from dask_llm._cli import build_parser, main
-from dask_llm._cli_run import parse_storage_options, resume_command
+from dask_llm.cli import build_parser, main
+from dask_llm.cli._run import parse_storage_options, resume_command
 from dask_llm._errors import ConfigError
-from dask_llm._io import format_of
+from dask_llm.cli._io import format_of
 
 
 def _parsed(argv: list[str]) -> tuple[str, list[str]]:

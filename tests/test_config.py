@@ -6,6 +6,8 @@ import pickle
 import datetime
 import email.utils
 import random
+import subprocess
+import sys
 
 import httpx2
 import openai
@@ -13,14 +15,35 @@ import pytest
 
 import dask_llm
 from dask_llm import ConfigError, Endpoint, RetryPolicy
-from dask_llm._client import Kind, classify, parse_duration, retry_hint
-from dask_llm._prompt import Prompt
+from dask_llm._calls._client import Kind, classify, parse_duration, retry_hint
+from dask_llm._core._prompt import Prompt
 
 
 def test_public_api_is_exactly_all():
-    public = {n for n in dir(dask_llm) if not n.startswith("_")} - {"simulator"}
+    public = {n for n in dir(dask_llm) if not n.startswith("_")} - {"simulator", "cli"}
     assert public == set(dask_llm.__all__) - {"__version__"}
     assert dask_llm.__all__ == sorted(dask_llm.__all__)
+    for name in dask_llm.__all__:  # each one loads, lazily
+        assert getattr(dask_llm, name) is not None
+
+
+def test_importing_the_package_and_its_command_line_loads_nothing_heavy():
+    code = (
+        "import sys, dask_llm, dask_llm.simulator, dask_llm.cli; dask_llm.cli.build_parser(); "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'openai', 'distributed', 'dask.dataframe') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_accessor_is_registered_whenever_the_frame_library_is_imported():
+    code = (
+        "import dask_llm; import pandas as pd; import dask.dataframe as dd; "
+        "df = pd.DataFrame({'a': [1]}); print(hasattr(df, 'llm'), hasattr(dd.from_pandas(df, npartitions=1), 'llm'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True True", out.stderr
 
 
 def test_endpoint_fills_from_environment(monkeypatch):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import dask_llm
-from dask_llm._dedup import InFlight, plan, request_key
+from dask_llm._core._dedup import InFlight, plan, request_key
 from dask_llm.simulator import expected_answer
 
 from .conftest import endpoint_for

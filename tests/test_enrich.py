@@ -82,7 +82,7 @@ def _results_under(scheduler: str, sim_url: str) -> pd.DataFrame:
             n_workers=2, threads_per_worker=2, processes=processes, dashboard_address="127.0.0.1:0"
         ) as cluster, Client(cluster) as client:
             result = client.compute(out).result(timeout=120)
-            built = client.run(lambda: len(dask_llm._client._clients))
+            built = client.run(lambda: len(dask_llm._calls._client._clients))
         # One openai client per worker process, however many partitions ran there.
         if processes:
             assert set(built.values()) == {1}

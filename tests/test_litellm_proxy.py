@@ -201,6 +201,7 @@ def limited_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLMP
         mock_model("limited-60", MOCK_ANSWER, rpm=60),
         mock_model("limited-600", MOCK_ANSWER, rpm=600),
         mock_model("limited-3", MOCK_ANSWER, rpm=3),
+        mock_model("limited-20", MOCK_ANSWER, rpm=20),  # for dask-llm's own run, below
     ]
     with litellm_proxy(
         tmp_path_factory.mktemp("litellm-limited"), models, router_settings=RATE_LIMITED_ROUTER_SETTINGS
@@ -316,3 +317,39 @@ def test_retry_after_is_always_60_and_the_window_is_the_utc_minute(limited_proxy
     assert status == 200
     assert headers == {"x-ratelimit-remaining-requests": "2", "x-ratelimit-limit-requests": "3"}
     assert waited < 59
+
+
+# --- dask-llm through the proxy -------------------------------------------------
+
+
+def test_enrich_through_the_proxy(upstream: tuple[LiteLLMProxy, Simulator, Simulator]) -> None:
+    import pandas as pd
+
+    import dask_llm
+
+    proxy, sim, _ = upstream
+    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(40)]})
+    endpoint = dask_llm.Endpoint(base_url=proxy.base_url, api_key=proxy.master_key)
+    out = dask_llm.enrich(df, "Say: {text}", "ans", "echo", endpoint=endpoint, threads=8)
+    assert (out["ans"] == "Say: " + out["text"]).all() and out["ans_error"].isna().all()
+    assert (out["ans_prompt_tokens"] > 0).all()  # the upstream's usage, passed on
+
+
+def test_enrich_against_an_rpm_limited_model_loses_no_row(limited_proxy: LiteLLMProxy) -> None:
+    """30 rows against a model the proxy limits to 20 requests a minute (19
+    admitted): the 429s carry only ``llm_provider-retry-after: 60``, and the
+    200s announce the limit; without a budget, every row is answered."""
+    import pandas as pd
+
+    import dask_llm
+
+    wait_for_room_in_minute(45)
+    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(30)]})
+    endpoint = dask_llm.Endpoint(base_url=limited_proxy.base_url, api_key=limited_proxy.master_key)
+    start = time.monotonic()
+    out = dask_llm.enrich(df, "Say: {text}", "ans", "limited-20", endpoint=endpoint, threads=32)
+    elapsed = time.monotonic() - start
+    print(f"\n30 rows at rpm 20 through LiteLLM: {elapsed:.1f} s, {int(out['ans_rate_limited'].sum())} 429s")
+    assert out["ans_error"].isna().all(), out["ans_error"].dropna().head()
+    assert (out["ans"] == MOCK_ANSWER).all()
+    assert elapsed < 150

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import dask_llm
-from dask_llm._progress import (
+from dask_llm._run._progress import (
     Cancelled,
     ProgressChannel,
     Snapshot,
@@ -20,8 +20,10 @@ from dask_llm._progress import (
     collect,
     partition_progress,
 )
-from dask_llm._progress_line import ProgressPrinter, format_duration, render
-from dask_llm._runner import Outcome
+from dask_llm.cli._progress_line import ProgressPrinter, format_duration, render
+from dask_llm._run import Outcome
+
+from dask_llm._coordination import local_coordinator, on_topic
 
 from .conftest import endpoint_for
 
@@ -38,10 +40,8 @@ def test_rows_from_many_threads_arrive_in_few_batches_and_sum_exactly():
     ok = Outcome(text="a", prompt_tokens=10, completion_tokens=2, attempts=1)
     failed = Outcome(error="boom", attempts=3, rate_limited=2)
     with collect(channel, tally):
-        from dask_llm import _progress
-
-        _progress._local_handlers[channel.topic] = add  # count the messages too
-        with partition_progress(channel, restored=100) as report:
+        on_topic(channel.topic, add)  # count the messages too
+        with partition_progress(channel, local_coordinator(), restored=100) as report:
 
             def work():
                 for k in range(1000):
@@ -64,7 +64,7 @@ def test_rows_from_many_threads_arrive_in_few_batches_and_sum_exactly():
 
 def test_cancel_stops_running_and_new_partitions():
     channel = ProgressChannel.new()
-    with partition_progress(channel) as report:
+    with partition_progress(channel, local_coordinator()) as report:
         assert active(channel.topic) == 1
         report.row(Outcome(text="a", attempts=1))
         cancel(channel.topic)
@@ -72,11 +72,11 @@ def test_cancel_stops_running_and_new_partitions():
             report.row(Outcome(text="b", attempts=1))
     assert active(channel.topic) == 0
     with pytest.raises(Cancelled):
-        partition_progress(channel)
+        partition_progress(channel, local_coordinator())
 
 
 def test_without_a_channel_nothing_is_reported():
-    with partition_progress(None, restored=5) as report:
+    with partition_progress(None, local_coordinator(), restored=5) as report:
         report.row(Outcome(text="a", attempts=1))
 
 

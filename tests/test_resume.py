@@ -27,7 +27,7 @@ import dask_llm
 from dask_llm import CheckpointError
 from dask_llm._checkpoint import RunSpec, open_checkpoint
 from dask_llm._checkpoint._identity import row_ids
-from dask_llm._progress import Cancelled, ProgressChannel, Tally, cancel, collect
+from dask_llm._run._progress import Cancelled, ProgressChannel, Tally, cancel, collect
 from dask_llm.simulator import Simulator
 
 from .conftest import endpoint_for

@@ -11,8 +11,7 @@ import pytest
 
 import dask_llm
 from dask_llm import Price, SpendCap
-from dask_llm._spend import BUDGET_EXHAUSTED, Ledger, Verdict
-from dask_llm._spend_plugin import cluster_spend
+from dask_llm._cost._spend import BUDGET_EXHAUSTED, Ledger, Verdict
 
 from .conftest import endpoint_for
 
@@ -86,7 +85,7 @@ def test_cap_holds_across_three_worker_processes_and_resumes(three_workers, star
     assert billed <= 2_000 + stats["max_in_flight"] * per_call
     assert billed >= 2_000 - 2 * per_call  # it stopped at the cap, not long before
     # Every worker process drew on the one ledger on the scheduler.
-    ledger = cluster_spend(client, cap)
+    ledger = client.run_on_scheduler(_spend_stats, name=cap.name)
     assert ledger is not None and ledger["spent_tokens"] == billed
     done = out["c_error"].isna()
     assert done.sum() == stats["successes"] and (~done).sum() > 0
@@ -98,3 +97,7 @@ def test_cap_holds_across_three_worker_processes_and_resumes(three_workers, star
     assert sim.stats()["requests"] == (~done).sum()
     assert resumed["c_error"].isna().all()
     pd.testing.assert_series_equal(resumed.loc[done, "c"], out.loc[done, "c"])
+
+
+def _spend_stats(dask_scheduler: object, name: str) -> object:
+    return dask_scheduler.plugins["dask-llm"].state.spend_stats(name)  # type: ignore[attr-defined]

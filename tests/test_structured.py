@@ -17,7 +17,7 @@ import pytest
 
 import dask_llm
 from dask_llm import RetryPolicy
-from dask_llm._structured import InvalidAnswer, structured_output
+from dask_llm._core._structured import InvalidAnswer, structured_output
 from dask_llm.simulator import expected_answer
 
 from .conftest import API_KEY, endpoint_for

@@ -17,7 +17,7 @@ partition's frame in and gets back what to call, then hands the outcomes back.
 from ._manifest import FORMAT, MANIFEST, RunSpec
 from ._ledger import FIELDS, INTERNAL_DIR
 from ._partition import Checkpoint, PartitionCheckpoint, open_checkpoint
-from ._store import Store, open_store
+from .._core._store import Store, open_store
 
 __all__ = [
     "FIELDS",

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._identity import RowIds
 from ._ledger import FIELDS, LedgerIndex, dicts_table, records_to_jsonl
-from ._store import Store
+from .._core._store import Store
 from .._errors import CheckpointError
 
 __all__ = ["JournalWriter"]

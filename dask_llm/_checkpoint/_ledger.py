@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._identity import RowIds
-from ._store import Store
+from .._core._store import Store
 
 __all__ = [
     "FIELDS",

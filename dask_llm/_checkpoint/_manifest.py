@@ -25,7 +25,7 @@ from typing import Any
 
 from .._errors import CheckpointError, option
 from ._ledger import INTERNAL_DIR
-from ._store import Store
+from .._core._store import Store
 
 __all__ = ["FORMAT", "MANIFEST", "RunSpec", "claim"]
 

@@ -72,7 +72,7 @@ from ._ledger import (
     table_to_arrow,
 )
 from ._manifest import RunSpec, claim
-from ._store import Store, open_store
+from .._core._store import Store, open_store
 
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
@@ -255,10 +255,27 @@ class PartitionCheckpoint:
 def _parquet(frame: pd.DataFrame) -> bytes:
     # The output columns have fixed extension dtypes, so an all-null error
     # column is still a string column and every file has one schema.
-    table = pa.Table.from_pandas(frame, preserve_index=True)
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=True)
+    except UnicodeEncodeError:
+        # A text cell Parquet cannot hold (a lone surrogate): that row's
+        # prompt already failed; its copy in the checkpoint gets U+FFFD.
+        logger.warning("checkpoint: replacing text that is not valid UTF-8 in the dataset file")
+        table = pa.Table.from_pandas(_valid_text(frame), preserve_index=True)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return bytes(sink.getvalue().to_pybytes())
+
+
+def _valid_text(frame: pd.DataFrame) -> pd.DataFrame:
+    def fix(value: Any) -> Any:
+        return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
+
+    out = frame.copy()
+    for name in out.columns:
+        if out[name].dtype == object:
+            out[name] = out[name].map(fix)
+    return out
 
 
 def open_checkpoint(

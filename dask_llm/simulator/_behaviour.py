@@ -213,7 +213,7 @@ class Behaviour:
             return too_many_requests(style, chat.model, _SIMULATED_WAIT, resets, bucket_headers, True)
         delay = config.hang_seconds if fault == "hang" else self._latency()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await _sleep_unless_gone(delay, client_gone)
         if client_gone():
             self.stats.disconnected += 1
             return None
@@ -310,3 +310,22 @@ def _error(
     status: int, message: str, error_type: str, code: str | None, headers: dict[str, str] | None = None
 ) -> Response:
     return json_response(status, error_body(message, error_type, code), headers)
+
+
+#: While a response waits (latency, a hang), how often the server looks whether its client left.
+_GONE_POLL = 0.05
+
+
+async def _sleep_unless_gone(delay: float, client_gone: Callable[[], bool]) -> None:
+    """Sleep ``delay`` seconds, or less if the client closes the connection
+    meanwhile: a client that gave up is no longer in flight, and counting it
+    would hide whether it really stopped."""
+    if delay <= 4 * _GONE_POLL:
+        await asyncio.sleep(delay)
+        return
+    loop = asyncio.get_running_loop()
+    end = loop.time() + delay
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(left, _GONE_POLL))
+        if client_gone():
+            return

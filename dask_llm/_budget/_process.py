@@ -1,0 +1,329 @@
+"""The process's side of a budget: the limiter the runner talks to.
+
+One :class:`ProcessBudget` per budget name and process (per worker, when
+several share a process) serves every runner thread of every enrichment that
+uses the budget there. It combines
+
+- concurrency slots (:mod:`._leases`),
+- the local reservoir that paces requests (:mod:`._reservoir`),
+- a keeper thread that renews the reservoir's grant from the allocator,
+  which lives in the job's coordinator (:class:`CoordinatorLink`): the
+  Dask scheduler, or this process without a cluster.
+
+The keeper runs only while the process has work on the budget; after
+:data:`IDLE_RELEASE` seconds idle it hands the share back and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from ._alloc import PUSH_GRANT, Grant
+from ._limiter import Limiter, Unlimited
+from ._leases import ClusterSlots, LocalSlots, Slots
+from ._reservoir import Reservoir
+from .._errors import ConfigError
+from ._value import Budget
+
+__all__ = ["CoordinatorLink", "ProcessBudget", "limiter_for", "process_budget"]
+
+logger = logging.getLogger("dask_llm.budget")
+
+#: Cool-down after a 429 that did not say how long to wait.
+DEFAULT_PENALTY = 1.0
+#: The shortest cool-down a 429 imposes on the process's threads.
+MIN_PENALTY = 0.25
+#: Renew at this fraction of a grant's validity.
+RENEW_AT = 0.5
+#: Least seconds between two renewals triggered by a growing demand.
+MIN_RENEW_INTERVAL = 2.0
+#: Seconds a process stays idle before it hands its share back: longer than
+#: the gap between two partitions of one worker, short enough that the
+#: others get the rate at the end of a job.
+IDLE_RELEASE = 0.5
+#: Seconds over which a process's recent request rate is measured.
+RATE_WINDOW = 5.0
+
+_RATE_HEADERS = {"rpm": "x-ratelimit-limit-requests", "tpm": "x-ratelimit-limit-tokens"}
+
+
+class Link(Protocol):
+    """Where a process's grant comes from."""
+
+    holder: str
+
+    def lease(self, demand: float, learned: dict[str, float], saturated: bool, observed: float) -> Grant: ...
+    def release(self) -> None: ...
+    def penalize(self, seconds: float, observed: float) -> None: ...
+
+
+class CoordinatorLink:
+    """A budget's allocator in the job's coordinator (see ``dask_llm._coordination``)."""
+
+    def __init__(self, coordinator: Any, budget: Budget, slots: str | None) -> None:
+        self.coordinator = coordinator
+        self.holder = coordinator.holder
+        self.name = budget.name
+        self.limits = budget.limits()
+        self.slots = slots
+
+    def lease(self, demand: float, learned: dict[str, float], saturated: bool, observed: float) -> Grant:
+        msg = self.coordinator.call(
+            "budget_lease", name=self.name, limits=self.limits, demand=demand, learned=learned,
+            saturated=saturated, observed=observed, slots=self.slots,
+        )  # fmt: skip
+        return Grant.from_msg(msg)
+
+    def release(self) -> None:
+        self.coordinator.call("budget_release", name=self.name)
+
+    def penalize(self, seconds: float, observed: float) -> None:
+        self.coordinator.call("budget_penalize", name=self.name, seconds=seconds, observed=observed)
+
+
+def _on_push(holder: str, name: str, grant: dict[str, Any], **_: Any) -> None:
+    """A revised grant pushed by the coordinator: adopt it."""
+    pb = _budgets.get((name, holder))
+    if pb is not None:
+        pb.reservoir.apply(Grant.from_msg(grant))
+        if isinstance(pb.slots, ClusterSlots):
+            pb.slots.adopt(grant.get("contended", False), grant.get("slots"))
+            pb.kick()  # hand spare slots back now if others wait
+
+
+# -- the limiter -----------------------------------------------------------------------
+
+
+class ProcessBudget:
+    """The :class:`~dask_llm._budget._limiter.Limiter` of one budget in one process."""
+
+    def __init__(self, budget: Budget, link: Link, slots: Slots) -> None:
+        self.budget = budget
+        self.link = link
+        self.slots = slots
+        self.reservoir = Reservoir(budget.burst)
+        self.reservoir.on_starved = self.kick
+        self._keeper: threading.Thread | None = None
+        self._keeper_lock = threading.Lock()
+        self._users = 0  # runner threads inside lease()
+        self._wake = threading.Event()
+        self._learned: dict[str, float] = {}
+        self._reported: dict[str, float] = {}
+        self._demand = 0.0
+        self._renew_at = 0.0
+        self._renewed = -float("inf")
+        self._answered = -1  # answers as of the last renewal
+        # (time, answers) over the last few seconds: the rate the provider
+        # actually serves, which is what an adaptive budget settles on.
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.renewals = 0
+
+    # -- Limiter protocol ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        with self.slots.lease():
+            with self._keeper_lock:
+                self._users += 1
+                try:
+                    self._ensure_keeper()
+                except BaseException:
+                    self._users -= 1
+                    raise
+            try:
+                yield
+            finally:
+                with self._keeper_lock:
+                    self._users -= 1
+
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
+        return self.reservoir.acquire(tokens, stop)
+
+    def settle(self, reserved: int, used: int | None) -> None:
+        self.reservoir.settle(reserved, used)
+
+    def penalize(self, retry_after: float | None) -> None:
+        seconds = DEFAULT_PENALTY if retry_after is None else retry_after
+        # A provider that says "in 5 ms" means one request, not every
+        # thread: a short pause for all of them keeps the next burst small.
+        seconds = max(seconds, MIN_PENALTY)
+        if self.reservoir.cool_down(seconds):
+            try:
+                self.link.penalize(seconds, self.recent_rate())
+            except Exception as exc:  # the local pause stands regardless
+                logger.warning("dask-llm: could not share a cool-down: %s", exc)
+            # The allocator may have lowered the rate: take the new share now,
+            # not at the next regular renewal (the others get theirs pushed).
+            self._renew_at = 0.0
+            self.kick()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        for what, header in _RATE_HEADERS.items():
+            value = headers.get(header)
+            if value is None:
+                continue
+            try:
+                limit = float(value)
+            except ValueError:
+                continue
+            if limit > 0 and limit != self._learned.get(what):
+                self._learned[what] = limit
+                self._wake.set()
+
+    # -- keeper ------------------------------------------------------------------
+
+    def recent_rate(self) -> float:
+        """Requests per minute the provider answered for this process over the
+        last few seconds (429s and failures excluded)."""
+        samples = self._samples
+        if not samples:
+            return 0.0
+        t0, n0 = samples[0]
+        return (self.reservoir.answered - n0) * 60.0 / max(time.monotonic() - t0, 1.0)
+
+    def kick(self) -> None:
+        """Wake the keeper."""
+        self._wake.set()
+
+    def _ensure_keeper(self) -> None:
+        """Start the keeper unless it runs (``_keeper_lock`` held)."""
+        if self._keeper is not None:
+            return
+        # The first lease is taken here, in a runner thread, so that a
+        # refusal (conflicting limits) fails the task with a clear error.
+        self._renew()
+        self._keeper = threading.Thread(target=self._keep, name=f"dask-llm-budget-{self.budget.name}", daemon=True)
+        self._keeper.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._keeper is not None or self._users > 0
+
+    def _renew(self) -> None:
+        demand = _weight(max(self.slots.reset_peak(), self.slots.active))
+        saturated, self.reservoir.saturated = self.reservoir.saturated, False
+        learned = dict(self._learned)
+        now = time.monotonic()
+        answered = self.reservoir.answered
+        observed = (answered - self._answered) * 60.0 / max(now - self._renewed, 1.0) if self._answered >= 0 else 0.0
+        grant = self.link.lease(demand, learned, saturated, observed)
+        self._reported, self._demand, self._answered = learned, demand, answered
+        self.renewals += 1
+        now = time.monotonic()
+        self._renewed = now
+        self._renew_at = now + RENEW_AT * grant.ttl
+        self.reservoir.apply(grant)
+        if isinstance(self.slots, ClusterSlots):
+            self.slots.adopt(grant.contended, grant.slots)
+
+    def _renewal_due(self, now: float) -> bool:
+        if now >= self._renew_at or not self.reservoir.granted:
+            return True
+        if self._learned != self._reported:
+            return True  # the provider announced its limits: tell everyone now
+        # A demand that grew is worth telling at once; one that shrank waits
+        # for the regular renewal, so partition tails cause no messages.
+        return now - self._renewed >= MIN_RENEW_INTERVAL and _weight(self.slots.peak) > self._demand
+
+    def _keep(self) -> None:
+        idle_since: float | None = None
+        failures = 0
+        while True:
+            now = time.monotonic()
+            if self._users == 0 and self.reservoir.waiting == 0:
+                idle_since = idle_since or now
+                if now - idle_since >= IDLE_RELEASE and self._retire():
+                    return
+            else:
+                idle_since = None
+                if self._renewal_due(now):
+                    try:
+                        self._renew()
+                        failures = 0
+                    except Exception as exc:
+                        failures += 1
+                        logger.warning("dask-llm: budget renewal failed (%d in a row): %s", failures, exc)
+                        self._wake.wait(min(5.0, 0.5 * failures))
+            now = time.monotonic()
+            self._samples.append((now, self.reservoir.answered))
+            while now - self._samples[0][0] > RATE_WINDOW:
+                self._samples.popleft()
+            self.slots.reap(now)
+            nap = 0.1 if idle_since is not None else min(1.0, self._renew_at - time.monotonic())
+            self._wake.wait(max(0.05, nap))
+            self._wake.clear()
+
+    def _retire(self) -> bool:
+        """Hand the share back and stop, unless work arrived meanwhile."""
+        with self._keeper_lock:
+            if self._users or self.reservoir.waiting:
+                return False
+            try:
+                self.link.release()
+            except Exception as exc:  # it expires on its own
+                logger.warning("dask-llm: could not release a budget share: %s", exc)
+            with self.reservoir.lock:
+                self.reservoir.granted = False
+            self.slots.reap(now=time.monotonic(), everything=True)
+            self._keeper = None
+            return True
+
+
+def _weight(threads: int) -> int:
+    """A process's demand as reported: its busy threads rounded up to a power
+    of two, so that the usual small ups and downs cost no message."""
+    return 1 << max(0, threads - 1).bit_length()
+
+
+# -- the per-process registry --------------------------------------------------------
+
+_budgets: dict[tuple[str, str | None], ProcessBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def limiter_for(budget: Budget | None, coordinator: Any) -> Limiter:
+    """The limiter that enforces ``budget`` for calls made from this process,
+    its allocator in ``coordinator``; shared by every enrichment here that
+    uses the same budget name. No budget: a limiter that never waits."""
+    return Unlimited() if budget is None else process_budget(budget, coordinator)
+
+
+def process_budget(budget: Budget, coordinator: Any) -> ProcessBudget:
+    """This process's limiter for ``budget``, whose allocator lives in
+    ``coordinator`` (see :func:`~._value.limiter_for`)."""
+    key = (budget.name, coordinator.holder)
+    with _budgets_lock:
+        pb = _budgets.get(key)
+        if pb is not None and pb.budget.limits() != budget.limits():
+            if pb.busy:
+                raise ConfigError(
+                    f"budget {budget.name!r} is in use in this process with other limits; "
+                    f"give the budgets different names, or the same limits"
+                )
+            pb.slots.close()
+            pb = None
+        if pb is None:
+            pb = _budgets[key] = _make(budget, coordinator)
+        return pb
+
+
+def _make(budget: Budget, coordinator: Any) -> ProcessBudget:
+    mc = budget.max_concurrency
+    slots_name = None if mc is None else f"{budget.name}-slots-{mc}"  # the name carries the cap
+    semaphore = None if mc is None else coordinator.semaphore(slots_name, mc)
+    if mc is None:
+        slots: Slots = Slots()
+    elif semaphore is None:
+        slots = LocalSlots(mc)
+    else:
+        slots = ClusterSlots(semaphore)
+    # Pushes come for every budget this process holds; one handler per holder.
+    coordinator.subscribe(PUSH_GRANT, functools.partial(_on_push, coordinator.holder))
+    return ProcessBudget(budget, CoordinatorLink(coordinator, budget, slots_name if semaphore is not None else None), slots)

@@ -1,0 +1,109 @@
+"""The Dask scheduler as coordinator: a ``SchedulerPlugin`` hosting a
+:class:`~._state.CoordinatorState`.
+
+It adds one RPC handler per request of the protocol (``dask_llm_<op>``), as
+distributed's own shuffle plugin adds its handlers, and pushes revised
+grants to the holders over their existing stream: a worker's batched
+stream, or (for clients, e.g. Spark executors) the client's report stream.
+Worker processes register it themselves on first use (idempotent, by
+name), so it does not matter which client built the graph. A worker or
+client that leaves the cluster is dropped from every budget immediately.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from ._protocol import OPS, PUSH_GRANT
+from ._state import CoordinatorState, Pushes
+
+__all__ = ["PLUGIN_NAME", "CoordinatorPlugin"]
+
+PLUGIN_NAME = "dask-llm"
+#: Seconds between two looks at whether holders wait for concurrency slots.
+CONTENTION_POLL = 0.2
+
+
+class CoordinatorPlugin(SchedulerPlugin):
+    """Every budget and spend cap of the cluster, keyed by name."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.state = CoordinatorState(self._slots_contended)
+        self.scheduler: Any = None
+
+    async def start(self, scheduler: Any) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        self.scheduler = scheduler
+        # Whether holders wait for concurrency slots changes when leases come
+        # and go; a cheap local poll tells them only when it flips.
+        pc = PeriodicCallback(self._check_contention, CONTENTION_POLL * 1000)
+        scheduler.periodic_callbacks["dask-llm-contention"] = pc
+        pc.start()
+        scheduler.handlers.update({f"dask_llm_{op}": self._handler(op) for op in OPS})
+
+    def _handler(self, op: str) -> Any:
+        def handle(holder: str = "", **fields: Any) -> Any:
+            return self.handle(op, holder, **fields)
+
+        handle.__name__ = f"dask_llm_{op}"
+        return handle
+
+    def handle(self, op: str, holder: str, **fields: Any) -> Any:
+        """Answer request ``op`` from ``holder`` (runs on the event loop, one at a time)."""
+        state, now = self.state, time.monotonic()
+        if op == "budget_lease":
+            grant, pushes = state.budget_lease(now, holder, **fields)
+            self._push(pushes, exclude=holder)
+            return grant
+        if op == "budget_release":
+            self._push(state.budget_release(now, holder, **fields), exclude=holder)
+            return None
+        if op == "budget_penalize":
+            self._push(state.budget_penalize(now, holder, **fields), exclude=holder)
+            return None
+        if op == "budget_stats":
+            return state.budget_stats(**fields)
+        if op == "spend_reserve":
+            return state.spend_reserve(**fields)
+        if op == "spend_settle":
+            return state.spend_settle(**fields)
+        if op == "spend_stats":
+            return state.spend_stats(**fields)
+        raise ValueError(f"unknown dask-llm request {op!r}")
+
+    # -- scheduler events ----------------------------------------------------
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self._push(self.state.remove_holder(time.monotonic(), worker))
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        self._push(self.state.remove_holder(time.monotonic(), client))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _slots_contended(self, name: str) -> bool:
+        ext = self.scheduler.extensions.get("semaphores") if self.scheduler is not None else None
+        return bool(ext is not None and ext.metrics["pending"].get(name, 0) > 0)
+
+    def _check_contention(self) -> None:
+        self._push(self.state.check_contention(time.monotonic()))
+
+    def _push(self, pushes: Pushes, exclude: str | None = None) -> None:
+        scheduler = self.scheduler
+        for holder, (name, grant) in pushes.items():
+            if holder == exclude:
+                continue
+            msg = {"op": PUSH_GRANT, "name": name, "grant": grant}
+            # An unknown op would break a worker's stream: push only to
+            # holders still connected (holders installed the handler).
+            if holder in scheduler.stream_comms:
+                scheduler.worker_send(holder, msg)
+            elif holder in getattr(scheduler, "client_comms", {}):
+                scheduler.client_comms[holder].send(msg)

@@ -1,0 +1,13 @@
+"""The pandas engine: one batch, enriched at once, in this process."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .._run import Job, enrich_batch
+
+__all__ = ["enrich_pandas"]
+
+
+def enrich_pandas(df: pd.DataFrame, job: Job) -> pd.DataFrame:
+    return enrich_batch(df, job)

@@ -1,0 +1,347 @@
+"""Row-level progress of a run, counted where rows finish and summed where
+the user watches.
+
+::
+
+    worker process (or this process)                   driver process
+    --------------------------------                   --------------
+    enrich_partition                                   Tally (running totals)
+      report.row(outcome) --> _Publisher -- batch -->    ^
+                              (counts, flushed          | client.subscribe_topic(topic),
+                               every ~0.5 s)  publish() |   or a direct call without a
+                              via the coordinator ------'   cluster (on_topic)
+
+A row costs a dict update under a lock; a message leaves a process at most
+every :attr:`ProgressChannel.interval` seconds, whatever the number of rows
+or threads, so the overhead stays far below one model call. The topic is
+unique per run, so two runs on one cluster never mix their counts.
+
+The same channel carries a stop request the other way: :func:`cancel` marks
+the topic as cancelled in every process and stops its running pools (see
+:mod:`._stopping`): calls in flight are cut short within a fraction of a
+second and finished rows are journaled. Dask cannot stop a running task by
+itself: cancelling a future only drops its result.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._coordination import Coordinator, on_topic
+from .._errors import DaskLLMError
+
+__all__ = [
+    "COUNTS",
+    "Cancelled",
+    "ProgressChannel",
+    "Snapshot",
+    "Tally",
+    "active",
+    "cancel",
+    "collect",
+    "partition_progress",
+]
+
+#: What a batch counts: rows called, rows restored from a checkpoint, rows
+#: that failed, tokens, calls (attempts) and 429 answers.
+COUNTS = ("rows", "restored", "errors", "prompt_tokens", "completion_tokens", "calls", "rate_limited")
+
+
+class Cancelled(DaskLLMError):
+    """The run was cancelled (Ctrl+C); raised in the partitions still running."""
+
+
+@dataclass(frozen=True)
+class ProgressChannel:
+    """Where the partitions of one run report progress; travels in the task graph.
+
+    Parameters
+    ----------
+    topic : str
+        Event topic, unique per run.
+    interval : float
+        Seconds between two messages from one process at most.
+    """
+
+    topic: str
+    interval: float = 0.5
+
+    @classmethod
+    def new(cls, interval: float = 0.5) -> ProgressChannel:
+        return cls(f"dask-llm-progress-{uuid.uuid4().hex[:16]}", interval)
+
+
+class _Outcome(Protocol):
+    error: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    attempts: int
+    rate_limited: int
+
+
+# ---------------------------------------------------------------- worker side
+
+#: Topics cancelled in this process (a set lookup per row).
+_cancelled: set[str] = set()
+#: In-process receivers, for runs without distributed workers.
+_publishers: dict[tuple[str, int], _Publisher] = {}
+#: Partitions of each topic running in this process.
+_active: Counter[str] = Counter()
+_registry_lock = threading.Lock()
+
+
+def cancel(topic: str) -> None:
+    """Stop every partition of the run on ``topic`` in this process: calls in
+    flight are cut short, finished rows are journaled, and partitions not
+    started yet do not start. ``client.run(cancel, topic)`` does it cluster-wide."""
+    from ._stopping import stop_topic
+
+    _cancelled.add(topic)
+    stop_topic(topic)
+
+
+def active(topic: str) -> int:
+    """Partitions of the run on ``topic`` still running in this process
+    (``client.run(active, topic)`` asks every worker)."""
+    return _active[topic]
+
+
+class _Publisher:
+    """Counts of one run in one process, sent in batches."""
+
+    def __init__(self, channel: ProgressChannel, send: Callable[[dict[str, int]], None]) -> None:
+        self.channel = channel
+        self._send = send
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        with self._lock:
+            self._counts.update(counts)
+            if time.monotonic() - self._last < self.channel.interval:
+                # Too soon: make sure these counts leave within one interval,
+                # even if no other row finishes meanwhile.
+                if self._timer is None:
+                    self._timer = threading.Timer(self.channel.interval, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch = {k: v for k, v in self._counts.items() if v}
+            self._counts.clear()
+            self._last = time.monotonic()
+            self._timer = None
+        if batch:
+            try:
+                self._send(batch)
+            except Exception:  # progress must never fail a paid row
+                pass
+
+
+def _publisher(channel: ProgressChannel, coordinator: Coordinator) -> _Publisher:
+    """The publisher of ``channel`` in this process, sending through ``coordinator``."""
+    key = (channel.topic, coordinator.holder)
+    with _registry_lock:
+        pub = _publishers.get(key)
+        if pub is None:
+            topic = channel.topic
+
+            def send(batch: dict[str, int]) -> None:
+                coordinator.publish(topic, batch)
+
+            pub = _publishers[key] = _Publisher(channel, send)
+    return pub
+
+
+class PartitionProgress:
+    """The progress reporter of one partition (see :func:`partition_progress`).
+
+    Used as a context manager around the partition's calls: while inside,
+    the partition counts as running for :func:`active`, and leaving sends
+    what is still counted.
+    """
+
+    def __init__(self, channel: ProgressChannel, coordinator: Coordinator, restored: int) -> None:
+        self.topic = channel.topic
+        if self.topic in _cancelled:
+            raise Cancelled("run cancelled")
+        self._pub = _publisher(channel, coordinator)
+        if restored:
+            self._pub.add({"restored": restored})
+
+    def __enter__(self) -> PartitionProgress:
+        with _registry_lock:
+            _active[self.topic] += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pub.flush()
+        with _registry_lock:
+            _active[self.topic] -= 1
+            if not _active[self.topic]:
+                # The last partition of the run here: forget its publisher,
+                # so a long-lived worker does not keep one per past run.
+                del _active[self.topic]
+                for key in [k for k in _publishers if k[0] == self.topic]:
+                    del _publishers[key]
+
+    def row(self, outcome: _Outcome) -> None:
+        """Count a finished row; raise :class:`Cancelled` if the run was cancelled."""
+        self._pub.add(
+            {
+                "rows": 1,
+                "errors": outcome.error is not None,
+                "prompt_tokens": outcome.prompt_tokens or 0,
+                "completion_tokens": outcome.completion_tokens or 0,
+                "calls": outcome.attempts,
+                "rate_limited": getattr(outcome, "rate_limited", 0),
+            }
+        )
+        if self.topic in _cancelled:
+            raise Cancelled("run cancelled")
+
+
+class _Silent:
+    """The reporter of a job without progress: does nothing."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def row(self, outcome: _Outcome) -> None:
+        pass
+
+
+_SILENT = _Silent()
+
+
+def partition_progress(
+    channel: ProgressChannel | None, coordinator: Coordinator, restored: int = 0
+) -> PartitionProgress | _Silent:
+    """The reporter for a partition about to run, in the thread running its task.
+
+    Parameters
+    ----------
+    channel : ProgressChannel or None
+        The run's channel; ``None``: no progress, a reporter that does nothing.
+    coordinator : Coordinator
+        Where the counts go (the scheduler, or this process).
+    restored : int
+        Rows of the partition that a checkpoint already holds.
+
+    Raises
+    ------
+    Cancelled
+        The run was cancelled before this partition started.
+    """
+    return _SILENT if channel is None else PartitionProgress(channel, coordinator, restored)
+
+
+# ---------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The totals of a run at one moment.
+
+    ``recent_rate`` is the rate over the last :data:`RATE_WINDOW` seconds:
+    the ETA follows the current pace, not the slow start of the run.
+    """
+
+    total: int | None
+    elapsed: float
+    recent_rate: float | None = None
+    rows: int = 0
+    restored: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    rate_limited: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.rows + self.restored
+
+    @property
+    def rate(self) -> float:
+        """Rows called per second (restored rows cost no time)."""
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        rate = self.rate if self.recent_rate is None else self.recent_rate
+        if self.total is None or rate <= 0:
+            return None
+        return max(self.total - self.done, 0) / rate
+
+
+#: Seconds over which the pace behind the ETA is measured.
+RATE_WINDOW = 30.0
+
+
+class Tally:
+    """Running totals of a run, fed batches from any thread."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total = total
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._history: deque[tuple[float, int]] = deque()  # (time, rows) per snapshot
+
+    def add(self, batch: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._counts.update({k: int(v) for k, v in batch.items() if k in COUNTS})
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        with self._lock:
+            counts = dict(self._counts)
+            rows = counts.get("rows", 0)
+            history = self._history
+            history.append((now, rows))
+            while len(history) > 2 and history[1][0] < now - RATE_WINDOW:
+                history.popleft()
+            then, rows_then = history[0]
+        recent = (rows - rows_then) / (now - then) if now - then >= 1.0 else None
+        return Snapshot(total=self.total, elapsed=now - self._start, recent_rate=recent, **counts)
+
+
+@contextmanager
+def collect(channel: ProgressChannel, tally: Tally, client: Any = None) -> Iterator[Tally]:
+    """Feed ``tally`` with the batches published on ``channel`` while inside.
+
+    With a ``distributed`` client the batches come through the scheduler
+    (tasks run on its workers); without one, partitions run in this process
+    and hand their batches over directly.
+    """
+    if client is None:
+        on_topic(channel.topic, tally.add)
+        try:
+            yield tally
+        finally:
+            on_topic(channel.topic, None)
+        return
+    client.subscribe_topic(channel.topic, lambda event: tally.add(event[1]))
+    try:
+        yield tally
+    finally:
+        try:
+            client.unsubscribe_topic(channel.topic)
+        except Exception:  # the client may already be closing
+            pass

@@ -1,0 +1,258 @@
+"""Reading INPUT and writing OUTPUT of ``dask-llm run``: Parquet, CSV or JSON Lines,
+local paths or any fsspec URL.
+
+The format follows the name:
+
+=======================================  ======================================
+name                                     format
+=======================================  ======================================
+``*.csv``, ``*.csv.gz``                  CSV with a header row
+``*.jsonl``, ``*.ndjson``, ``*.json``    JSON Lines (one object per line)
+anything else (``*.parquet``, a folder)  Parquet (a file, folder or glob)
+=======================================  ======================================
+
+INPUT may be a glob (``data/*.csv``). A CSV or JSON Lines OUTPUT is one
+file; a Parquet OUTPUT is a folder of ``part-NNNNN.parquet`` files.
+
+Every partition is written by the task that enriches it, and the same task
+returns the partition's totals (:func:`partition_totals`), so writing the
+output and summing the run summary is *one* pass over the data: the model
+is called once per row, never a second time for the summary (summing a
+lazy ``enrich()`` result separately would compute it again).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dask.dataframe as dd
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .._core._store import open_store
+from .._core._schema import OutputColumns
+from .._cost._summary import RunSummary
+
+__all__ = ["Format", "Output", "TOTALS", "format_of", "partition_totals", "read_input"]
+
+Format = Literal["parquet", "csv", "jsonl"]
+
+_SUFFIXES: dict[str, Format] = {
+    ".csv": "csv", ".csv.gz": "csv",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".json.gz": "jsonl",
+}  # fmt: skip
+
+#: The per-partition totals every output task returns, and their dtypes: the
+#: additive fields of :class:`~dask_llm._cost._summary.RunSummary` (``rate_limited``
+#: is null when the output has no column that counts 429s).
+TOTALS = {
+    "rows": "int64",
+    "rows_ok": "int64",
+    "rows_failed": "int64",
+    "rows_not_called": "int64",
+    "calls": "int64",
+    "retries": "int64",
+    "rate_limited": "Int64",
+    "calls_saved": "int64",
+    "prompt_tokens": "int64",
+    "completion_tokens": "int64",
+}
+
+
+def format_of(path: str) -> Format:
+    """The format a path names, by its suffix (Parquet when none matches)."""
+    name = path.rstrip("/").lower()
+    for suffix, fmt in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return fmt
+    return "parquet"
+
+
+def _filesystem(path: str, options: Mapping[str, Any], what: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for ``path``, with errors that name it."""
+    try:
+        return fsspec.core.url_to_fs(path, **dict(options))
+    except ImportError as exc:
+        raise ImportError(f"cannot open {what} {path!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot open {what} {path!r}: {exc}") from None
+
+
+def _compression(path: str) -> str | None:
+    return "gzip" if path.lower().endswith(".gz") else None
+
+
+def read_input(
+    path: str, storage_options: Mapping[str, Any] | None = None, partitions: int | None = None
+) -> dd.DataFrame:
+    """INPUT as a lazy dask frame.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing exists at ``path`` (or the glob matches nothing).
+    ValueError, ImportError
+        Unknown protocol, or its fsspec implementation is not installed.
+    """
+    options = dict(storage_options or {})
+    fs, root = _filesystem(path, options, "input")
+    # Checked here because each reader words a missing file differently, and
+    # some only notice at compute time.
+    found = fs.glob(root) if any(c in root for c in "*?[") else ([root] if fs.exists(root) else [])
+    if not found:
+        raise FileNotFoundError(f"input {path!r} does not exist")
+    fmt = format_of(path)
+    if fmt == "csv":
+        ddf = dd.read_csv(path, storage_options=options, compression=_compression(path),
+                          blocksize=None if _compression(path) else "64MB")  # fmt: skip
+    elif fmt == "jsonl":
+        ddf = dd.read_json(path, lines=True, orient="records", storage_options=options,
+                           compression=_compression(path), blocksize=None if _compression(path) else 2**26)  # fmt: skip
+    else:
+        ddf = dd.read_parquet(path, storage_options=options)
+    if partitions is not None and partitions != ddf.npartitions:
+        ddf = ddf.repartition(npartitions=partitions)
+    return ddf
+
+
+def partition_totals(frame: pd.DataFrame, outputs: OutputColumns) -> dict[str, int | None]:
+    """The :data:`TOTALS` of one enriched partition, from its output columns.
+
+    The library's run summary does the counting, so the command line and
+    ``dask_llm.summarize()`` agree; this task only keeps the additive fields,
+    which the client sums over partitions.
+    """
+    summary = RunSummary.from_frame(frame, outputs.column)
+    return {name: getattr(summary, name) for name in TOTALS}
+
+
+@dataclass
+class Output:
+    """Where and how to write OUTPUT.
+
+    Parameters
+    ----------
+    path : str
+        OUTPUT as the user gave it.
+    storage_options : mapping
+        fsspec options for ``path``.
+
+    Use: :meth:`check` before the run, :meth:`write` to get the lazy frame of
+    totals to compute, :meth:`finish` after it computed (joins the parts of
+    a single-file output), :meth:`abort` if it did not.
+    """
+
+    path: str
+    storage_options: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        self.format: Format = format_of(self.path)
+        self.single_file = self.format != "parquet"
+        fs, root = _filesystem(self.path, self.storage_options, "output")
+        self._fs = fs
+        self._root = root.rstrip("/")
+        if self.single_file:
+            # Parts go to a hidden folder beside the file, joined at the end.
+            parent, _, name = self._root.rpartition("/")
+            self._parts_root = f"{parent}/.{name}.parts-{uuid.uuid4().hex[:12]}"
+        else:
+            self._parts_root = self._root
+
+    @property
+    def parts_url(self) -> str:
+        return self._fs.unstrip_protocol(self._parts_root)
+
+    def check(self, input_path: str) -> None:
+        """Refuse an OUTPUT that would destroy data.
+
+        Raises
+        ------
+        FileExistsError
+            OUTPUT is INPUT, or a folder holding files dask-llm did not write.
+        """
+        in_fs, in_root = fsspec.core.url_to_fs(input_path, **dict(self.storage_options))
+        if type(in_fs) is type(self._fs) and in_root.rstrip("/") == self._root:
+            raise FileExistsError(f"output {self.path!r} is the input; choose another path")
+        if not self.single_file and self._fs.isdir(self._root):
+            foreign = [
+                n for n in (p.rstrip("/").rpartition("/")[2] for p in self._fs.ls(self._root, detail=False))
+                if not n.startswith(("part-", "_", "."))
+            ]  # fmt: skip
+            if foreign:
+                raise FileExistsError(
+                    f"output folder {self.path!r} holds files dask-llm did not write "
+                    f"({', '.join(map(repr, sorted(foreign)[:3]))}); choose a new or empty path"
+                )
+        elif self._fs.isdir(self._root):
+            raise FileExistsError(f"output {self.path!r} is a folder; a {self.format} output is one file")
+
+    def write(self, out: dd.DataFrame, outputs: OutputColumns) -> dd.DataFrame:
+        """A lazy frame of per-partition :data:`TOTALS`; computing it writes the parts."""
+        store = open_store(self.parts_url, self.storage_options)
+        # Parts left by an earlier (interrupted) run would duplicate rows.
+        store.remove_files([n for n in store.list() if n.startswith("part-")])
+        store.makedirs()
+        meta = pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in TOTALS.items()})
+        schema = pa.Schema.from_pandas(out._meta, preserve_index=False) if self.format == "parquet" else None
+        return out.map_partitions(
+            _write_part, self.parts_url, dict(self.storage_options), self.format, schema, outputs,
+            max(5, len(str(out.npartitions - 1))), meta=meta, token="dask-llm-write",
+        )  # fmt: skip
+
+    def finish(self, columns: list[str]) -> None:
+        """Join the parts of a single-file output into OUTPUT, in order."""
+        if not self.single_file:
+            return
+        names = sorted(n for n in self._fs.ls(self._parts_root, detail=False) if posixpath.basename(n).startswith("part-"))
+        with self._fs.open(self._root, "wb", compression=_compression(self.path)) as target:
+            if self.format == "csv":
+                target.write(pd.DataFrame(columns=columns).to_csv(index=False).encode())
+            for name in names:
+                with self._fs.open(name, "rb") as part:
+                    while chunk := part.read(1 << 22):
+                        target.write(chunk)
+        self.abort()
+
+    def abort(self) -> None:
+        """Remove the hidden parts folder of a single-file output (best effort)."""
+        if self.single_file:
+            try:
+                self._fs.rm(self._parts_root, recursive=True)
+            except (FileNotFoundError, OSError):
+                pass
+
+
+def _write_part(
+    frame: pd.DataFrame,
+    parts_url: str,
+    storage_options: Mapping[str, Any],
+    fmt: Format,
+    schema: pa.Schema | None,
+    outputs: OutputColumns,
+    width: int,
+    partition_info: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    number = int((partition_info or {}).get("number") or 0)
+    if fmt == "parquet":
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+        sink = pa.BufferOutputStream()  # native buffer, not a Python file object
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+    elif fmt == "csv":
+        data = frame.to_csv(index=False, header=False).encode()
+    else:
+        text = frame.to_json(orient="records", lines=True, force_ascii=False)
+        data = (text if not text or text.endswith("\n") else text + "\n").encode()
+    ext = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}[fmt]
+    # Whole-file atomic write: a rerun of the task replaces the part, and a
+    # reader never sees half of one.
+    open_store(parts_url, storage_options).write(f"part-{number:0{width}d}.{ext}", data)
+    totals = partition_totals(frame, outputs)
+    return pd.DataFrame({k: pd.Series([v], dtype=TOTALS[k]) for k, v in totals.items()})

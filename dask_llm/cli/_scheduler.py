@@ -1,0 +1,99 @@
+"""Where ``dask-llm run`` computes: ``--scheduler sync|threads|local|tcp://HOST:PORT``."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+__all__ = ["Scheduler", "open_scheduler"]
+
+_NAMED = ("sync", "threads", "local")
+
+
+@dataclass
+class Scheduler:
+    """An open scheduler: the ``distributed`` client, if any, and how to describe it."""
+
+    client: Any | None
+    description: str
+    dashboard: str | None = None
+
+
+@contextmanager
+def open_scheduler(kind: str, workers: int, verbose: bool = False) -> Iterator[Scheduler]:
+    """Open the scheduler for a run and close what was started on the way out.
+
+    ``workers`` is the number of partitions computed at once: threads for
+    ``threads``, worker processes (one thread each, so ``--workers`` times
+    ``--threads`` calls are in flight) for ``local``; ignored otherwise.
+
+    Raises
+    ------
+    ConnectionError
+        The scheduler at an address cannot be reached.
+    """
+    if kind == "sync":
+        with dask.config.set(scheduler="sync"):
+            yield Scheduler(None, "synchronous (one partition at a time)")
+        return
+    if kind == "threads":
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            yield Scheduler(None, f"threads ({workers} partitions at a time)")
+        return
+
+    from distributed import Client, LocalCluster
+
+    if kind == "local":
+        with _sigint_ignored():
+            # A free port: the default 8787 may belong to another cluster.
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.INFO if verbose else logging.ERROR,
+            )
+        with cluster, Client(cluster) as client:
+            # Without bokeh the dashboard pages are empty: no link then.
+            link = _dashboard(client) if importlib.util.find_spec("bokeh") else None
+            yield Scheduler(client, f"LocalCluster of {workers} worker processes", link)
+        return
+    try:
+        client = Client(kind, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionError(f"cannot connect to the scheduler at {kind}: {exc}") from None
+    with client:
+        n = len(client.scheduler_info().get("workers", {}))
+        yield Scheduler(client, f"cluster at {kind} ({n} workers)", _dashboard(client))
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are spawned, so that they inherit
+    "ignored" (it survives exec, and Python then installs no handler).
+
+    Ctrl+C in a terminal signals the whole process group: without this,
+    every worker would die at once, mid-row, instead of letting this process
+    cancel the run and wait for the finished rows to be saved.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _dashboard(client: Any) -> str | None:
+    services = client.scheduler_info().get("services", {})
+    return client.dashboard_link if "dashboard" in services else None

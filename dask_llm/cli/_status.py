@@ -1,0 +1,111 @@
+"""``dask-llm status CHECKPOINT``: what a checkpoint holds, without running anything.
+
+Reads only the checkpoint: the manifest (which run), the ledger (every row
+paid for, by identity, whatever partitioning wrote it: committed files and
+the journals of partitions that did not finish) and the members of the
+dataset files (rows visible to ``dd.read_parquet``). The size of the input
+comes from the note ``dask-llm run`` leaves there; a checkpoint written from
+Python has none, and shows no "of N".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._checkpoint import MANIFEST
+from .._checkpoint._ledger import LedgerIndex
+from .._core._store import open_store
+from ._run import RUN_INFO, cost_function, parse_storage_options
+from ._progress_line import format_count
+
+__all__ = ["CheckpointStatus", "read_status", "run"]
+
+
+@dataclass
+class CheckpointStatus:
+    """Counts read from a checkpoint.
+
+    ``rows_done`` counts each row identity once (answered or failed), however
+    many partitionings wrote it; ``rows_visible`` is what the dataset files
+    hold now (the latest run's rows that have been committed).
+    """
+
+    url: str
+    model: str
+    column: str
+    files: int = 0
+    rows_visible: int = 0
+    rows_done: int = 0
+    rows_total: int | None = None
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rate_limited: int = 0
+    command: str | None = None
+
+
+def read_status(url: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointStatus:
+    """Count what the checkpoint at ``url`` holds.
+
+    Raises
+    ------
+    FileNotFoundError
+        No dask-llm checkpoint there.
+    """
+    store = open_store(url, storage_options)
+    raw = store.read(MANIFEST)
+    if raw is None:
+        raise FileNotFoundError(f"no dask-llm checkpoint at {url!r} (no {MANIFEST})")
+    manifest = json.loads(raw)
+    names = list(manifest.get("columns", {}))
+    column = next((n for n in names if f"{n}_error" in names), names[0] if names else "?")
+    status = CheckpointStatus(url=store.url, model=str(manifest.get("model")), column=column)
+    info_raw = store.read(RUN_INFO)
+    if info_raw is not None:
+        info = json.loads(info_raw)
+        status.rows_total = info.get("rows")
+        status.command = info.get("command")
+
+    index = LedgerIndex(store)
+    index.refresh()
+    records = index.all_records()
+    status.rows_done = len(records)
+    status.errors = int(records["error"].notna().sum())
+    status.prompt_tokens = int(records["prompt_tokens"].fillna(0).sum())
+    status.completion_tokens = int(records["completion_tokens"].fillna(0).sum())
+    status.rate_limited = int(records["rate_limited"].sum())
+    status.rows_visible = index.dataset_rows()
+    status.files = len([n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")])
+    return status
+
+
+def format_status(s: CheckpointStatus) -> str:
+    if s.rows_total:
+        rows = f"{s.rows_done:,} of {s.rows_total:,} ({min(s.rows_done / s.rows_total, 1):.0%})"
+    else:
+        rows = f"{s.rows_done:,}"
+    price = cost_function(s.model)
+    cost = price(s.prompt_tokens, s.completion_tokens) if price else None
+    lines = [
+        f"checkpoint: {s.url}",
+        f"model: {s.model}  column: {s.column}",
+        f"rows done: {rows}  errors: {s.errors:,}  429s: {s.rate_limited:,}",
+        f"dataset: {s.rows_visible:,} rows in {s.files:,} files",
+        f"tokens: {format_count(s.prompt_tokens)} in, {format_count(s.completion_tokens)} out  "
+        f"cost: {f'${cost:,.4f}' if cost is not None else 'unknown'}",
+    ]
+    if s.command:
+        lines.append(f"resume: {s.command}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    status = read_status(args.checkpoint, parse_storage_options(args.storage_option))
+    print(format_status(status))
+    sys.stdout.flush()
+    return 0
