@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
@@ -54,7 +54,10 @@ def tickets(n: int, dup_share: float, layout: str, run: str) -> pd.DataFrame:
     else:
         rng.shuffle(idx)  # twins anywhere: often other partitions, other processes
     return pd.DataFrame(
-        {"title": [f"{run} ticket {i}" for i in idx], "body": [f"my service {i % 17} is down since {i % 5} am" for i in idx]}
+        {
+            "title": [f"{run} ticket {i}" for i in idx],
+            "body": [f"my service {i % 17} is down since {i % 5} am" for i in idx],
+        }
     )
 
 
@@ -85,9 +88,14 @@ def dedup_case(client: Client, sim, n: int, dup: float, layout: str, mode: str, 
 
 TEXTS = {
     "English tickets": lambda i: f"My storage bucket number {i} stopped syncing after the update, please help.",
-    "long English": lambda i: f"Incident {i}: " + " ".join(["The database failover did not trigger when the primary went down."] * (1 + i % 6)),
+    "long English": lambda i: (
+        f"Incident {i}: "
+        + " ".join(["The database failover did not trigger when the primary went down."] * (1 + i % 6))
+    ),
     "code": lambda i: f"def f{i}(x):\n    return {{'k': x[{i}] * 2, 'ok': x != None}}  # TODO(#{i})",
-    "numbers & punctuation": lambda i: f"ids=[{i}, {i + 1}, {i + 2}]; ts=2024-01-{1 + i % 28:02d}T10:{i % 60:02d}:00Z; ok=true.",
+    "numbers & punctuation": lambda i: (
+        f"ids=[{i}, {i + 1}, {i + 2}]; ts=2024-01-{1 + i % 28:02d}T10:{i % 60:02d}:00Z; ok=true."
+    ),
     "German": lambda i: f"Mein Speicherkonto {i} synchronisiert seit der Aktualisierung nicht mehr, bitte helfen.",
 }
 
@@ -122,22 +130,25 @@ def main() -> None:
     cache_dir = tempfile.mkdtemp(prefix="dask-llm-bench-cache-")
     try:
         with Simulator.subprocess(SimulatorConfig(latency=0.05, seed=0)) as sim:
-            with dask.config.set({"distributed.worker.daemon": True}):
-                with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
-                    dedup_case(client, sim, 100, 0.0, "grouped", "on", cache_dir)  # warm-up
-                    for dup in (0.0, 0.5, 0.9):
-                        for layout in ("grouped", "shuffled"):
-                            for mode in ("off", "on", "cache"):
-                                if dup == 0.0 and (layout == "shuffled" or mode == "cache"):
-                                    continue
-                                dedup_rows.append(dedup_case(client, sim, n, dup, layout, mode, cache_dir))
+            with (
+                dask.config.set({"distributed.worker.daemon": True}),
+                LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cl,
+                Client(cl) as client,
+            ):
+                dedup_case(client, sim, 100, 0.0, "grouped", "on", cache_dir)  # warm-up
+                for dup in (0.0, 0.5, 0.9):
+                    for layout in ("grouped", "shuffled"):
+                        for mode in ("off", "on", "cache"):
+                            if dup == 0.0 and (layout == "shuffled" or mode == "cache"):
+                                continue
+                            dedup_rows.append(dedup_case(client, sim, n, dup, layout, mode, cache_dir))
             for name, make in TEXTS.items():
                 estimate_rows.append(estimate_case(sim, name, make, 400))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     meta = {
         "command": "python bench/bench_accounting.py",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}",
     }
     write(meta, dedup_rows, estimate_rows)

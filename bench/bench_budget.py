@@ -37,7 +37,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,15 @@ def run_job(
     endpoint = dask_llm.Endpoint(base_url=sim.url, api_key="k", timeout=30)
     ddf = dd.from_pandas(tickets(rows, tag), npartitions=WORKERS * 2)
     out = dask_llm.enrich(
-        ddf, PROMPT, "service", "m", endpoint=endpoint, threads=threads, budget=budget,
-        max_tokens=max_tokens, retry=RetryPolicy(max_attempts=6),
+        ddf,
+        PROMPT,
+        "service",
+        "m",
+        endpoint=endpoint,
+        threads=threads,
+        budget=budget,
+        max_tokens=max_tokens,
+        retry=RetryPolicy(max_attempts=6),
     )
     msgs0, cpu0 = client.run_on_scheduler(_read_counters), cluster_cpu(client)
     start = time.perf_counter()
@@ -205,7 +212,7 @@ def direct_thread_pool(sim: Any, rows: int, threads: int) -> dict[str, Any]:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT.format(title=title)}])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(call, df["title"][: threads]))  # warm-up: connections
+        list(pool.map(call, df["title"][:threads]))  # warm-up: connections
         sim.reset()
         cpu0, start = time.process_time(), time.perf_counter()
         list(pool.map(call, df["title"]))
@@ -228,9 +235,13 @@ def main() -> int:
     minutes = 0.5 if args.quick else 1.5  # of traffic at the limit per wall scenario
     results: dict[str, Any] = {}
 
-    with dask.config.set({"distributed.worker.daemon": True}), LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
-    ) as cluster, Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.worker.daemon": True}),
+        LocalCluster(
+            n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.register_plugin(CoordinatorPlugin())
         client.run_on_scheduler(_install_counters)
 
@@ -290,7 +301,7 @@ def main() -> int:
 
     meta = {
         "command": "python bench/bench_budget.py" + (" --quick" if args.quick else ""),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}",
         "versions": {
             "dask": dask.__version__,
@@ -464,7 +475,11 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     ax1.plot(threads, [p["demand_rpm"] for p in points], ":", color="grey", label="demand (threads / latency)")
     ax1.plot(threads, [p["budget"]["achieved_rpm"] for p in points], "s-", color="C1", label=f"Budget(rpm={RPM})")
     ax1.plot(
-        threads, [p["none"]["achieved_rpm"] for p in points], "o--", color="C0", alpha=0.6,
+        threads,
+        [p["none"]["achieved_rpm"] for p in points],
+        "o--",
+        color="C0",
+        alpha=0.6,
         label="no budget (short runs: rows fail)",
     )
     ax1.axhline(RPM, color="red", lw=1, label="provider limit")

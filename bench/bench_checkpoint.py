@@ -45,7 +45,11 @@ API_KEY = "bench-key"
 
 
 def enrich_once(
-    base_url: str, rows: int, partitions: int, threads: int, checkpoint: str | None,
+    base_url: str,
+    rows: int,
+    partitions: int,
+    threads: int,
+    checkpoint: str | None,
     storage_options: dict[str, Any] | None,
 ) -> float:
     """Seconds to enrich ``rows`` rows (graph built and computed)."""
@@ -174,21 +178,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-DRIVER = """
+DRIVER = f"""
 import sys, dask, dask.dataframe as dd, pandas as pd, dask_llm
 url, base_url, rows, partitions, threads = sys.argv[1:6]
-df = pd.DataFrame({"text": [f"row {i}" for i in range(int(rows))]})
-with dask.config.set({"scheduler": "threads", "num_workers": 2}):
-    dask_llm.enrich(dd.from_pandas(df, npartitions=int(partitions)), "Say: {text}", "ans", "m",
-                    endpoint=dask_llm.Endpoint(base_url=base_url, api_key=%r, timeout=30.0),
+df = pd.DataFrame({{"text": [f"row {{i}}" for i in range(int(rows))]}})
+with dask.config.set({{"scheduler": "threads", "num_workers": 2}}):
+    dask_llm.enrich(dd.from_pandas(df, npartitions=int(partitions)), "Say: {{text}}", "ans", "m",
+                    endpoint=dask_llm.Endpoint(base_url=base_url, api_key={API_KEY!r}, timeout=30.0),
                     threads=int(threads), checkpoint=url).compute()
-""" % API_KEY
+"""
 
 
 def resume_at_half(args: argparse.Namespace, sim: Any, tmp: Path) -> dict[str, Any]:
     sim.reset()
     url = str(tmp / "resume")
-    cmd = [sys.executable, "-c", DRIVER, url, sim.url, str(args.resume_rows), str(args.resume_partitions), str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        url,
+        sim.url,
+        str(args.resume_rows),
+        str(args.resume_partitions),
+        str(args.threads),
+    ]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
@@ -251,11 +264,15 @@ def main() -> None:
 
     results = {
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
-            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "processor": _cpu_model(), "dask": dask.__version__, "pyarrow": pyarrow.__version__,
-        },  # fmt: skip
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": _cpu_model(),
+            "dask": dask.__version__,
+            "pyarrow": pyarrow.__version__,
+        },
         "load_average": [load_start, os.getloadavg()[0]],
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "throughput": tput,
@@ -267,7 +284,12 @@ def main() -> None:
     previous = args.out.with_suffix(".md").read_text() if args.out.with_suffix(".md").exists() else ""
     kept = ""
     if "<!-- resume -->" in previous:
-        kept = "\n" + "<!-- resume -->" + previous.split("<!-- resume -->", 1)[1].split("<!-- /resume -->", 1)[0] + "<!-- /resume -->\n"
+        kept = (
+            "\n"
+            + "<!-- resume -->"
+            + previous.split("<!-- resume -->", 1)[1].split("<!-- /resume -->", 1)[0]
+            + "<!-- /resume -->\n"
+        )
     args.out.with_suffix(".md").write_text(_markdown(results) + kept)
     print(args.out.with_suffix(".md").read_text())
 
@@ -324,8 +346,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"the journal writing continuously.",
         "",
         f"- Calls paid before the kill: {res['paid_before_kill']} of {res['rows']}",
-        f"- Calls made by the resume: {res['resume_calls']}; a re-run without a checkpoint "
-        f"makes {res['rows']}",
+        f"- Calls made by the resume: {res['resume_calls']}; a re-run without a checkpoint makes {res['rows']}",
         f"- Calls saved by the resume: {res['calls_saved']} ({res['calls_saved_percent']:.1f}% of a "
         f"re-run; {100 * res['calls_saved'] / res['paid_before_kill']:.1f}% of the calls paid before "
         f"the kill)",

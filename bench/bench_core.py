@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
@@ -79,11 +79,17 @@ def main() -> None:
         seq = sequential(endpoint, tickets(50))
 
         with dask.config.set({"distributed.worker.daemon": True}):
-            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
+            with (
+                LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl,
+                Client(cl) as client,
+            ):
                 # Warm-up: the worker imports dask_llm and opens its connections.
                 timed_enrich(client, tickets(50, "warm-up "), 1, 50, endpoint)
                 small, small_errors = timed_enrich(client, tickets(50), 1, 50, endpoint)
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl, Client(cl) as client:
+            with (
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cl,
+                Client(cl) as client,
+            ):
                 timed_enrich(client, tickets(100, "warm-up "), 2, 50, endpoint)
                 big, big_errors = timed_enrich(client, tickets(big_rows), 8, 50, endpoint)
 
@@ -96,28 +102,37 @@ def main() -> None:
     rows.append(
         {
             "case": "50 rows, sequential loop (openai client)",
-            "seconds": round(seq, 2), "limit_s": 50 * latency, "ratio_to_limit": round(seq / (50 * latency), 3),
-            "speedup_vs_sequential": 1.0, "errors": 0,
+            "seconds": round(seq, 2),
+            "limit_s": 50 * latency,
+            "ratio_to_limit": round(seq / (50 * latency), 3),
+            "speedup_vs_sequential": 1.0,
+            "errors": 0,
         }
     )
     rows.append(
         {
             "case": "50 rows, dask-llm, 1 partition x 50 threads",
-            "seconds": round(small, 2), "limit_s": small_limit, "ratio_to_limit": round(small / small_limit, 3),
-            "speedup_vs_sequential": round(seq / small, 1), "errors": small_errors,
+            "seconds": round(small, 2),
+            "limit_s": small_limit,
+            "ratio_to_limit": round(small / small_limit, 3),
+            "speedup_vs_sequential": round(seq / small, 1),
+            "errors": small_errors,
         }
     )
     seq_big = seq / 50 * big_rows
     rows.append(
         {
             "case": f"{big_rows} rows, dask-llm, 2 workers x 8 partitions x 50 threads (100 in flight)",
-            "seconds": round(big, 2), "limit_s": big_limit, "ratio_to_limit": round(big / big_limit, 3),
-            "speedup_vs_sequential": round(seq_big / big, 1), "errors": big_errors,
+            "seconds": round(big, 2),
+            "limit_s": big_limit,
+            "ratio_to_limit": round(big / big_limit, 3),
+            "speedup_vs_sequential": round(seq_big / big, 1),
+            "errors": big_errors,
         }
     )
     meta = {
         "command": "python bench/bench_core.py" + (" --quick" if args.quick else ""),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}",
         "latency_s": latency,
         "sequential_extrapolated_s": round(seq_big, 1),

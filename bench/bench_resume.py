@@ -95,7 +95,7 @@ def acceptance(rows: int, tmp: Path) -> dict[str, Any]:
             before = sim.stats()["successes"]
             start = time.perf_counter()
             proc = driver(partitions)
-            out, err = proc.communicate(timeout=600)
+            _out, err = proc.communicate(timeout=600)
             if proc.returncode != 0:
                 raise RuntimeError(err)
             runs[partitions] = {"calls": sim.stats()["successes"] - before, "seconds": time.perf_counter() - start}

@@ -99,9 +99,7 @@ async def _raw_load(port: int, connections: int, warmup: float, measure: float) 
     return {"requests": counted, "errors": errors, "seconds": measure}
 
 
-def bench_raw(
-    config: SimulatorConfig, connections: int, warmup: float, measure: float
-) -> dict[str, Any]:
+def bench_raw(config: SimulatorConfig, connections: int, warmup: float, measure: float) -> dict[str, Any]:
     """Requests per second through raw sockets, with the server's CPU use over the measured window."""
     with Simulator.subprocess(config) as sim:
         _pin(sim)
@@ -143,7 +141,9 @@ def bench_openai(threads: int, warmup: float, measure: float) -> dict[str, Any]:
             while True:
                 client.chat.completions.create(
                     model="sim-model",
-                    messages=[{"role": "user", "content": f"Ticket {index % N_PROMPTS}: the VM cannot reach the bucket."}],
+                    messages=[
+                        {"role": "user", "content": f"Ticket {index % N_PROMPTS}: the VM cannot reach the bucket."}
+                    ],
                 )
                 index += threads
                 now = time.monotonic()
@@ -201,7 +201,7 @@ def main() -> int:
         "python": platform.python_version(),
         "openai": openai.__version__,
         "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "warmup_seconds": warmup,
         "measure_seconds": measure,

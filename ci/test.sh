@@ -34,6 +34,10 @@ fi
 export DASK_LLM_LITELLM="$PWD/$LITELLM_VENV/bin/litellm"
 # -----------------------------------------------------------------------------
 
+# The habits that keep the layout so: lint and types, with the rules in pyproject.toml.
+.venv/bin/ruff check dask_llm tests bench examples
+.venv/bin/mypy
+
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?

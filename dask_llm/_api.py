@@ -6,7 +6,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._budget import Budget, adaptive_budget
 from ._checkpoint import RunSpec, open_checkpoint
@@ -31,12 +31,6 @@ Frame = TypeVar("Frame", "pd.DataFrame", "dd.DataFrame")
 
 #: Request fields that enrich() sets itself.
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "n"})
-
-
-@overload
-def enrich(df: pd.DataFrame, prompt: str, column: str, model: str, **kwargs: Any) -> pd.DataFrame: ...
-@overload
-def enrich(df: dd.DataFrame, prompt: str, column: str, model: str, **kwargs: Any) -> dd.DataFrame: ...
 
 
 def enrich(
@@ -65,6 +59,7 @@ def enrich(
     cache: ResponseCache | str | None = None,
     progress: ProgressChannel | None = None,
     key: str | Sequence[str] | None = None,
+    coordinator: str | None = None,
 ) -> Frame:
     """Add a column of LLM answers, one chat completion per row.
 
@@ -160,6 +155,10 @@ def enrich(
     progress : ProgressChannel, optional
         Where partitions report their rows as they finish, for a live
         progress display (``dask-llm run`` uses it; see ``dask_llm._run._progress``).
+    coordinator : str, optional
+        Spark only: the address (``tcp://host:port``) of a running dask-llm
+        coordinator (a ``distributed`` scheduler) that every executor can
+        reach. Default: one started in the driver on ``spark.driver.host``.
     key : str or list of str, optional
         With ``checkpoint``: the column(s) that identify a row, instead of
         the index. A row is "already paid for" when a row with the same
@@ -214,8 +213,17 @@ def enrich(
     whatever finished since the previous one returned.
     """
     job = _make_job(
-        df, prompt, column, model, endpoint=endpoint, system=system, threads=threads,
-        temperature=temperature, max_tokens=max_tokens, params=params, retry=retry,
+        df,
+        prompt,
+        column,
+        model,
+        endpoint=endpoint,
+        system=system,
+        threads=threads,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        params=params,
+        retry=retry,
         on_error=on_error,
     )
     if budget is None:
@@ -227,13 +235,20 @@ def enrich(
     job = dataclasses.replace(job, budget=budget, progress=progress)
     job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
     job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite, key)
-    if engine_for(df) == "pandas":
+    engine = engine_for(df)
+    if coordinator is not None and engine != "spark":
+        raise ConfigError("coordinator= is for Spark frames; a Dask job's coordinator is its scheduler")
+    if engine == "pandas":
         from ._engines._pandas import enrich_pandas
 
-        return enrich_pandas(df, job)  # type: ignore[return-value]
+        return enrich_pandas(df, job)
+    if engine == "spark":
+        from ._engines._spark import enrich_spark
+
+        return enrich_spark(df, job, coordinator=coordinator)
     from ._engines._dask import enrich_dask
 
-    return enrich_dask(df, job)  # type: ignore[return-value]
+    return enrich_dask(df, job)
 
 
 def _make_job(
@@ -252,7 +267,7 @@ def _make_job(
     on_error: str,
 ) -> Job:
     if engine_for(df) is None:
-        raise ConfigError(f"enrich() takes a pandas or dask DataFrame, not {type(df).__name__}")
+        raise ConfigError(f"enrich() takes a pandas, dask or pyspark DataFrame, not {type(df).__name__}")
     if not isinstance(column, str) or not column:
         raise ConfigError("column= must be a non-empty string")
     if not isinstance(model, str) or not model:
@@ -262,7 +277,7 @@ def _make_job(
     if on_error not in ("store", "raise"):
         raise ConfigError(f"on_error= must be 'store' or 'raise', got {on_error!r}")
     template = Prompt(prompt, system)
-    template.check_columns(df.columns, df.dtypes)
+    template.check_columns(df.columns, _dtypes(df))
     outputs = OutputColumns(column)
     outputs.check_free(df.columns)
     merged = dict(params or {})
@@ -283,6 +298,15 @@ def _make_job(
         retry=retry or RetryPolicy(),
         on_error=on_error,  # type: ignore[arg-type]
     )
+
+
+def _dtypes(df: Any) -> Any:
+    """The frame's column dtypes as pandas dtypes (Spark describes its own)."""
+    if engine_for(df) == "spark":
+        from ._engines._spark import spark_dtypes
+
+        return spark_dtypes(df)
+    return df.dtypes
 
 
 def _with_accounting(
@@ -354,7 +378,11 @@ def _with_checkpoint(
         columns={name: str(dtype) for name, dtype in job.outputs.dtypes.items()},
     )
     opened = open_checkpoint(
-        checkpoint, storage_options, spec, retry_errors=bool(retry_errors),
-        overwrite=bool(overwrite), npartitions=getattr(df, "npartitions", 1),
+        checkpoint,
+        storage_options,
+        spec,
+        retry_errors=bool(retry_errors),
+        overwrite=bool(overwrite),
+        npartitions=getattr(df, "npartitions", 1),
     )
     return dataclasses.replace(job, checkpoint=opened, key=keys)

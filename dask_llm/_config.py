@@ -144,8 +144,7 @@ class Endpoint:
             key = next((env[n] for n in names if env.get(n)), None)
             if key is None and ep.base_url is None:
                 raise ConfigError(
-                    f"no API key for {ep.display_url}: pass Endpoint(api_key=...) "
-                    f"or set {' or '.join(names)}"
+                    f"no API key for {ep.display_url}: pass Endpoint(api_key=...) or set {' or '.join(names)}"
                 )
             ep = replace(ep, api_key=key or NO_KEY)
         if ep.is_azure and ep.api_version is None:

@@ -27,10 +27,10 @@ import pandas as pd
 
 from ._budget import Budget
 from ._core._dedup import request_key
-from ._errors import ConfigError
-from ._cost._pricing import PriceTable, price_for
 from ._core._prompt import Prompt, RenderError
 from ._core._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens
+from ._cost._pricing import PriceTable, price_for
+from ._errors import ConfigError
 
 __all__ = ["Estimate", "estimate"]
 
@@ -80,7 +80,9 @@ class Estimate:
         return asdict(self)
 
     def __str__(self) -> str:
-        cost = "unknown (no price for the model)" if self.cost is None else f"${self.cost[0]:,.4f} - ${self.cost[1]:,.4f}"
+        cost = (
+            "unknown (no price for the model)" if self.cost is None else f"${self.cost[0]:,.4f} - ${self.cost[1]:,.4f}"
+        )
         return (
             f"rows: {self.rows:,}  calls: {self.calls:,} (after de-duplication)\n"
             f"prompt tokens: ~{self.call_prompt_tokens:,}  completion tokens: "

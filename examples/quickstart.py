@@ -55,17 +55,17 @@ def main() -> None:
     args = parser.parse_args()
 
     config = SimulatorConfig(latency=args.latency, latency_sd=args.latency / 5, fail_rate=0.02, seed=1)
-    with Simulator.subprocess(config) as sim, LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True
-    ) as cluster, Client(cluster) as client:
+    with (
+        Simulator.subprocess(config) as sim,
+        LocalCluster(n_workers=2, threads_per_worker=2, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
         print(f"simulator: {sim.url}   dashboard: {client.dashboard_link}")
         endpoint = dask_llm.Endpoint(base_url=sim.url, api_key="sk-simulated")
         tickets = make_tickets(args.rows)
         ddf = dd.from_pandas(tickets, npartitions=8)
 
-        out = ddf.llm.enrich(
-            prompt=PROMPT, column="service", model="gpt-4o-mini", endpoint=endpoint, threads=32
-        )
+        out = ddf.llm.enrich(prompt=PROMPT, column="service", model="gpt-4o-mini", endpoint=endpoint, threads=32)
         start = time.perf_counter()
         result = out.compute()
         parallel = time.perf_counter() - start
@@ -82,8 +82,7 @@ def main() -> None:
     sequential = per_row * len(result)
     print(f"rows: {len(result)}  errors: {errors}  rows that needed a retry: {retried}")
     print(
-        f"tokens: {int(result['service_prompt_tokens'].sum())} in, "
-        f"{int(result['service_completion_tokens'].sum())} out"
+        f"tokens: {int(result['service_prompt_tokens'].sum())} in, {int(result['service_completion_tokens'].sum())} out"
     )
     print(f"sequential loop: {per_row:.2f} s/row measured on {args.sample} rows -> {sequential:,.0f} s for all")
     print(f"dask-llm:        {parallel:,.1f} s  ({sequential / parallel:,.0f}x faster)")

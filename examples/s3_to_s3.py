@@ -32,7 +32,9 @@ SERVICES = ["VM", "bucket", "Postgres", "VPC", "IAM role", "invoice"]
 
 
 def make_tickets(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"ticket_id": range(n), "title": [f"Problem with my {SERVICES[i % 6]} (#{i})" for i in range(n)]})
+    return pd.DataFrame(
+        {"ticket_id": range(n), "title": [f"Problem with my {SERVICES[i % 6]} (#{i})" for i in range(n)]}
+    )
 
 
 def main() -> None:

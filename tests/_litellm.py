@@ -292,8 +292,7 @@ def litellm_proxy(
         while not _alive(root_url):
             if process.poll() is not None:
                 pytest.fail(
-                    f"litellm exited with {process.returncode} during startup; "
-                    f"log {log_path}:\n{log_tail(log_path)}"
+                    f"litellm exited with {process.returncode} during startup; log {log_path}:\n{log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
                 pytest.fail(

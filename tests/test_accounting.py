@@ -18,7 +18,10 @@ FAST_RETRY = RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.05
 def reviews(n: int) -> pd.DataFrame:
     words = ["slow", "disk", "full", "login", "fails", "after", "the", "update", "again", "today"]
     return pd.DataFrame(
-        {"id": range(n), "body": [f"review {i}: " + " ".join(words[(i + k) % 10] for k in range(5 + i % 20)) for i in range(n)]}
+        {
+            "id": range(n),
+            "body": [f"review {i}: " + " ".join(words[(i + k) % 10] for k in range(5 + i % 20)) for i in range(n)],
+        }
     )
 
 

@@ -15,8 +15,6 @@ from typing import Any
 import openai
 import pytest
 
-from dask_llm._config import Endpoint
-from dask_llm._errors import AuthenticationError, ConfigError, EndpointError, ModelNotFoundError
 from dask_llm._batchapi import (
     BatchAPI,
     BatchRef,
@@ -34,6 +32,8 @@ from dask_llm._batchapi import (
 from dask_llm._batchapi import _capacity as capacity
 from dask_llm._batchapi._files import prompt_tokens as estimated_tokens
 from dask_llm._batchapi._results import parse_line
+from dask_llm._config import Endpoint
+from dask_llm._errors import AuthenticationError, ConfigError, EndpointError, ModelNotFoundError
 from dask_llm.simulator import Simulator, SimulatorConfig, expected_answer, prompt_tokens
 
 KEY = "batch-key"
@@ -102,8 +102,11 @@ def sim_batch(sim: Simulator, batch_id: str) -> Any:
 def test_public_names() -> None:
     import dask_llm._batchapi as package
 
-    assert sorted(package.__all__) == sorted(name for name in vars(package) if not name.startswith("_")
-                                             and not isinstance(vars(package)[name], type(package)))
+    assert sorted(package.__all__) == sorted(
+        name
+        for name in vars(package)
+        if not name.startswith("_") and not isinstance(vars(package)[name], type(package))
+    )
     assert all(getattr(package, name) is not None for name in package.__all__)
 
 
@@ -169,14 +172,19 @@ def test_files_split_by_lines_bytes_and_tokens_and_group_by_model() -> None:
 
 
 def test_lines_are_sorted_into_outcomes() -> None:
-    ok = parse_line({
-        "custom_id": "a",
-        "response": {"status_code": 200, "body": {
-            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1},
-        }},
-        "error": None,
-    })
+    ok = parse_line(
+        {
+            "custom_id": "a",
+            "response": {
+                "status_code": 200,
+                "body": {
+                    "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+                },
+            },
+            "error": None,
+        }
+    )
     assert ok is not None and ok.ok and (ok.text, ok.prompt_tokens, ok.completion_tokens) == ("hi", 5, 1)
 
     def failed(status: int) -> Any:
@@ -227,7 +235,11 @@ def test_round_trip_of_120_requests_across_files(start: Start) -> None:
         assert line.text == expected_answer(messages(i)) and line.prompt_tokens == prompt_tokens(messages(i))
         assert line.completion_tokens and line.finish_reason
     assert sim.stats()["batch"] == {
-        "files": 3, "batches": 3, "by_status": {"completed": 3}, "lines": 120, "line_failures": 0,
+        "files": 3,
+        "batches": 3,
+        "by_status": {"completed": 3},
+        "lines": 120,
+        "line_failures": 0,
     }
     # The ended batches no longer hold room; their billed tokens calibrated the estimate.
     assert capacity.pending(ep, "m") == {}
@@ -246,9 +258,12 @@ def test_find_reattaches_by_metadata(start: Start) -> None:
     # A re-run without a checkpoint: a page of two at a time, so the cursor is followed.
     found = find(ep, {"dask_llm_run": "run-a", "dask_llm_part": "p1"}, page_size=2)
     assert [s.ref.batch_id for s in found] == [r.batch_id for r in reversed(mine)]
-    for state, ref in zip(found, reversed(mine)):
+    for state, ref in zip(found, reversed(mine), strict=False):
         assert (state.ref.input_file_id, state.ref.rows, state.ref.tokens, state.ref.model) == (
-            ref.input_file_id, ref.rows, ref.tokens, ref.model,
+            ref.input_file_id,
+            ref.rows,
+            ref.tokens,
+            ref.model,
         )
         assert state.ref.custom_ids is None
     assert len(find(ep, {"dask_llm_run": "run-a"})) == 4
@@ -277,8 +292,12 @@ def test_line_failures_are_retryable_and_go_to_follow_up_batches(start: Start) -
     # retry="batch": the retryable lines go again, in follow-up batches tagged as such.
     seen: list[BatchRef] = []
     out = run(
-        ep, requests, metadata={"dask_llm_run": "again"}, options=BatchAPI(poll_interval=0.1, max_follow_ups=3),
-        should_stop=deadline(20), on_submitted=seen.extend,
+        ep,
+        requests,
+        metadata={"dask_llm_run": "again"},
+        options=BatchAPI(poll_interval=0.1, max_follow_ups=3),
+        should_stop=deadline(20),
+        on_submitted=seen.extend,
     )
     assert len(out) == 61 and out["bad"].status is LineStatus.FINAL and out["bad"].attempts == 1
     retried = [line for line in out.values() if line.attempts > 1]
@@ -287,8 +306,13 @@ def test_line_failures_are_retryable_and_go_to_follow_up_batches(start: Start) -
     assert [ref.metadata.get("dask_llm_follow_up") for ref in seen][:2] == [None, "1"]
 
     # retry="sync": one batch, the retryable lines come back for the caller.
-    once = run(ep, requests, metadata={"dask_llm_run": "sync"}, options=BatchAPI(poll_interval=0.1, retry="sync"),
-               should_stop=deadline(10))
+    once = run(
+        ep,
+        requests,
+        metadata={"dask_llm_run": "sync"},
+        options=BatchAPI(poll_interval=0.1, retry="sync"),
+        should_stop=deadline(10),
+    )
     assert any(line.resubmit for line in once.values()) and all(line.attempts == 1 for line in once.values())
 
 
@@ -349,8 +373,9 @@ def test_validation_failure_is_one_clear_error(start: Start) -> None:
     ep = endpoint(sim)
     client = openai.OpenAI(base_url=sim.url, api_key=KEY, max_retries=0)
     good = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": []}}
-    content = "\n".join([json.dumps(good), "{not json", json.dumps({**good, "custom_id": "b", "method": "GET"}),
-                         json.dumps(good)]).encode()
+    content = "\n".join(
+        [json.dumps(good), "{not json", json.dumps({**good, "custom_id": "b", "method": "GET"}), json.dumps(good)]
+    ).encode()
     file_id = client.files.create(file=("bad.jsonl", content), purpose="batch").id
     batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     ref = BatchRef(batch_id=batch.id, input_file_id=file_id, model="m", rows=4, tokens=0)
@@ -360,7 +385,9 @@ def test_validation_failure_is_one_clear_error(start: Start) -> None:
     error = caught.value
     assert isinstance(error, EndpointError) and error.batch_id == batch.id
     assert [(e.line, e.code) for e in error.errors] == [
-        (2, "invalid_json_line"), (3, "invalid_method"), (4, "duplicate_custom_id"),
+        (2, "invalid_json_line"),
+        (3, "invalid_method"),
+        (4, "duplicate_custom_id"),
     ]
     assert str(error).startswith(f"batch {batch.id} failed validation (3 errors): line 2: ")
     assert "not parseable" in str(error) and "line 4" in str(error)
@@ -404,7 +431,7 @@ def test_token_limit_is_learned_and_the_refused_batch_sent_again(start: Start) -
     states = wait(ep, refs, options=options, should_stop=deadline(15), on_resubmit=lambda a, b: swaps.append((a, b)))
     assert [s.status for s in states] == ["completed", "completed"]
     assert capacity.learned(ep, "m")[0] == limit  # from the refusal's message
-    (old, new), = swaps
+    ((old, new),) = swaps
     assert old == refs[1] and new.batch_id != old.batch_id and states[1].ref == new
     assert new.input_file_id == old.input_file_id and new.metadata["dask_llm_file"] == "2/2"  # no new upload
 
@@ -417,8 +444,13 @@ def test_token_limit_is_learned_and_the_refused_batch_sent_again(start: Start) -
     assert len(lines) == 20 and all(line.ok for line in lines.values())
 
     # Now known, the limit splits the next submit's files so that each fits alone.
-    later = submit(ep, items(30, start=100), metadata={"dask_llm_run": "learn2"},
-                   options=BatchAPI(poll_interval=0.1), should_stop=deadline(15))
+    later = submit(
+        ep,
+        items(30, start=100),
+        metadata={"dask_llm_run": "learn2"},
+        options=BatchAPI(poll_interval=0.1),
+        should_stop=deadline(15),
+    )
     assert len(later) >= 2 and all(ref.tokens * capacity.learned(ep, "m")[1] <= limit for ref in later)
     cancel(ep, later)
 
@@ -427,10 +459,19 @@ def test_azure_round_trip(start: Start) -> None:
     sim = start(batch_turnaround=0.3)
     # With a deployment set, the openai client would route /files under /deployments/<name>:
     # the batch routes must not, and the lines name the deployment instead.
-    ep = Endpoint(azure_endpoint=sim.azure_endpoint, api_key=KEY, api_version="2024-10-21",
-                  azure_deployment="gpt-sim", timeout=10.0)
-    refs = submit(ep, items(12, model="ignored"), metadata={"dask_llm_run": "azure"},
-                  options=BatchAPI(poll_interval=0.1, max_requests_per_file=5))
+    ep = Endpoint(
+        azure_endpoint=sim.azure_endpoint,
+        api_key=KEY,
+        api_version="2024-10-21",
+        azure_deployment="gpt-sim",
+        timeout=10.0,
+    )
+    refs = submit(
+        ep,
+        items(12, model="ignored"),
+        metadata={"dask_llm_run": "azure"},
+        options=BatchAPI(poll_interval=0.1, max_requests_per_file=5),
+    )
     assert [ref.rows for ref in refs] == [5, 5, 2] and {ref.model for ref in refs} == {"gpt-sim"}
     states = wait(ep, refs, options=FAST, should_stop=deadline(10))
     assert [s.status for s in states] == ["completed"] * 3

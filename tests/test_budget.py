@@ -249,9 +249,11 @@ def cluster() -> Iterator[Any]:
         "distributed.scheduler.locks.lease-timeout": "2s",
         "distributed.scheduler.locks.lease-validation-interval": "0.5s",
     }
-    with dask.config.set(fast_leases), LocalCluster(
-        n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0"
-    ) as lc, Client(lc) as client:
+    with (
+        dask.config.set(fast_leases),
+        LocalCluster(n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as lc,
+        Client(lc) as client,
+    ):
         client.wait_for_workers(3, timeout=60)
         yield client
 
@@ -329,12 +331,11 @@ def test_two_jobs_with_separate_budgets(cluster: Any, start_sim: Callable[..., S
     sims = [start_sim(mode="echo", latency=0.05) for _ in range(2)]
     budgets = [Budget(rpm=2400), Budget(rpm=1200)]
     jobs = [
-        run(dd.from_pandas(frame(n), npartitions=3), s, b)
-        for n, s, b in zip((160, 80), sims, budgets)
+        run(dd.from_pandas(frame(n), npartitions=3), s, b) for n, s, b in zip((160, 80), sims, budgets, strict=False)
     ]
     results = dask.compute(*jobs)
     assert all(r["a_error"].isna().all() for r in results)
-    for s, b in zip(sims, budgets):
+    for s, b in zip(sims, budgets, strict=False):
         assert b.rpm is not None
         assert busiest_window(s.stats()["success_times"], 2.0) <= allowed(b.rpm, 2.0, b.burst)
 

@@ -130,9 +130,7 @@ def test_rows_finished_before_a_failure_are_not_paid_again(
     assert not fs.glob(f"{url}/_dask_llm/journal/*/*")  # the commit dropped the journal
 
 
-def test_stored_errors_are_kept_unless_retry_errors(
-    start_sim: Callable[..., Simulator], tmp_path: Path
-) -> None:
+def test_stored_errors_are_kept_unless_retry_errors(start_sim: Callable[..., Simulator], tmp_path: Path) -> None:
     ddf = dd.from_pandas(frame(40), npartitions=8)
     flaky = start_sim(mode="echo", fail_rate=0.3, seed=1)
     first = enrich(ddf, flaky, tmp_path, retry=RetryPolicy(max_attempts=1)).compute()

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import dask
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow.parquet as pq
@@ -169,9 +168,7 @@ def test_killed_worker_is_replaced_and_its_rows_are_not_paid_twice(
     check_everything_paid_once(sim, THREADS * per_worker, tmp_path)
 
 
-def test_ctrl_c_keeps_the_rows_waiting_for_the_journal(
-    start_sim: Callable[..., Simulator], tmp_path: Path
-) -> None:
+def test_ctrl_c_keeps_the_rows_waiting_for_the_journal(start_sim: Callable[..., Simulator], tmp_path: Path) -> None:
     # Ctrl+C must save what the journal has not written yet on the way out,
     # so only the calls in flight are repeated.
     sim = start_sim(mode="echo", latency=LATENCY)

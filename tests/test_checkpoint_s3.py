@@ -70,9 +70,7 @@ def test_worker_processes_commit_to_s3_and_a_rerun_is_free(
     assert names[0] == "_dask_llm" and len(names) == 5  # 4 parts, no temporaries
 
 
-def test_rows_journaled_on_s3_survive_a_failed_run(
-    start_sim: Callable[..., Simulator], s3: dict[str, Any]
-) -> None:
+def test_rows_journaled_on_s3_survive_a_failed_run(start_sim: Callable[..., Simulator], s3: dict[str, Any]) -> None:
     url = run_url()
     ddf = dd.from_pandas(frame(150), npartitions=1)
     flaky = start_sim(mode="echo", fail_rate=0.05, seed=3)

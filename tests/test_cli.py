@@ -61,7 +61,10 @@ def run_args(sim, src: Path | str, dst: Path | str, *extra: str) -> list[str]:
 
 def progress_lines(stderr: str) -> list[tuple[int, int]]:
     """(done, total) of each plain progress line."""
-    return [(int(a.replace(",", "")), int(b.replace(",", ""))) for a, b in re.findall(r"^rows ([\d,]+)/([\d,]+)", stderr, re.M)]
+    return [
+        (int(a.replace(",", "")), int(b.replace(",", "")))
+        for a, b in re.findall(r"^rows ([\d,]+)/([\d,]+)", stderr, re.M)
+    ]
 
 
 # ---------------------------------------------------------------- run
@@ -186,7 +189,7 @@ def test_ctrl_c_keeps_finished_rows_and_the_printed_command_resumes(start_sim, t
                     break
         assert progress_lines(seen), f"no progress within 90 s: {seen}"
         os.killpg(proc.pid, signal.SIGINT)
-        stdout, rest = proc.communicate(timeout=60)
+        _stdout, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -296,7 +299,9 @@ def test_bench_wrong_key_is_exit_2(start_sim):
 def test_simulate_serves_until_interrupted():
     proc = subprocess.Popen(
         [*dask_llm_command(), "simulate", "--port", "0", "--mode", "echo", "--latency", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 30)

@@ -7,10 +7,10 @@ import shlex
 
 import pytest
 
-from dask_llm.cli import build_parser, main
-from dask_llm.cli._run import parse_storage_options, resume_command
 from dask_llm._errors import ConfigError
+from dask_llm.cli import build_parser, main
 from dask_llm.cli._io import format_of
+from dask_llm.cli._run import parse_storage_options, resume_command
 
 
 def _parsed(argv: list[str]) -> tuple[str, list[str]]:
@@ -30,8 +30,11 @@ def test_resume_command_is_the_same_run_without_overwrite_or_secrets():
     expanded = shlex.split(line.replace("$OPENAI_API_KEY", "K1").replace("$DASK_LLM_STORAGE_KEY", "K2")
                            .replace("$DASK_LLM_STORAGE_SECRET", "K3"))  # fmt: skip
     again = build_parser().parse_args(expanded[1:])
-    assert again.api_key == "K1" and again.storage_option == ["key=K2", "secret=K3",
-                                                               "client_kwargs.endpoint_url=http://h:9000"]
+    assert again.api_key == "K1" and again.storage_option == [
+        "key=K2",
+        "secret=K3",
+        "client_kwargs.endpoint_url=http://h:9000",
+    ]
     assert again.prompt == "Classify: {text}" and again.output == "out dir/" and not again.overwrite
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
 import datetime
 import email.utils
+import pickle
 import random
 import subprocess
 import sys
@@ -87,7 +87,7 @@ def test_retry_delay_is_jittered_exponential_and_honours_retry_after():
     rng = random.Random(0)
     for attempt, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 8.0)]:
         delays = [policy.delay(attempt, None, rng) for _ in range(200)]
-        assert 0 <= min(delays) and max(delays) <= cap
+        assert min(delays) >= 0 and max(delays) <= cap
         assert max(delays) > cap / 2  # jitter spreads over the whole range
     waits = [policy.delay(1, 5.0, rng) for _ in range(100)]
     assert min(waits) >= 5.0 and max(waits) <= 5.0 * 1.1 + 0.05
@@ -150,7 +150,7 @@ def test_every_retry_hint_providers_send():
     assert retry_hint({"retry-after-ms": "250"}) == 0.25
     assert retry_hint({"retry-after": "2"}) == 2.0
     assert retry_hint({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    future = email.utils.format_datetime(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30))
+    future = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30))
     assert 25 < retry_hint({"retry-after": future}) <= 31
     assert retry_hint({"llm_provider-retry-after": "60"}) == 60.0  # LiteLLM's proxy
     assert retry_hint({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}) == 1.0

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-
 import dask.dataframe as dd
 import pandas as pd
-import pytest
 
 import dask_llm
 from dask_llm._core._dedup import InFlight, plan, request_key
@@ -33,7 +30,7 @@ def test_plan_groups_identical_requests():
 
 def test_in_flight_shares_successes_only():
     flight: InFlight[str] = InFlight(remember=2)
-    owner, fut = flight.claim("k")
+    owner, _fut = flight.claim("k")
     assert owner
     waiter_owner, waiter = flight.claim("k")
     assert not waiter_owner and not waiter.done()

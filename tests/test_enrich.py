@@ -29,9 +29,7 @@ def tickets(n: int) -> pd.DataFrame:
 
 def test_every_row_answered_in_order(sim):
     df = tickets(120)
-    out = dask_llm.enrich(
-        df, "Classify: {title}", column="label", model="m", endpoint=endpoint_for(sim), threads=16
-    )
+    out = dask_llm.enrich(df, "Classify: {title}", column="label", model="m", endpoint=endpoint_for(sim), threads=16)
     assert list(out.columns[:3]) == ["id", "title", "body"]
     pd.testing.assert_frame_equal(out[["id", "title", "body"]], df)
     assert out["label"].tolist() == [f"Classify: ticket {i}" for i in range(120)]
@@ -63,9 +61,7 @@ def test_output_schema_is_fixed_when_every_row_succeeds(sim, tmp_path):
     out.to_parquet(path)
     schema = pa.parquet.read_schema(path)
     # The error column is all null here; it must still be a string column.
-    assert schema.field("label_error").type == pa.large_string() or schema.field(
-        "label_error"
-    ).type == pa.string()
+    assert schema.field("label_error").type == pa.large_string() or schema.field("label_error").type == pa.string()
     assert schema.field("label_prompt_tokens").type == pa.int64()
     assert schema.field("label_latency_s").type == pa.float64()
 
@@ -78,9 +74,12 @@ def _results_under(scheduler: str, sim_url: str) -> pd.DataFrame:
         from distributed import Client, LocalCluster
 
         processes = scheduler == "local-processes"
-        with LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=processes, dashboard_address="127.0.0.1:0"
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=2, processes=processes, dashboard_address="127.0.0.1:0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             result = client.compute(out).result(timeout=120)
             built = client.run(lambda: len(dask_llm._calls._client._clients))
         # One openai client per worker process, however many partitions ran there.
@@ -97,7 +96,7 @@ def test_four_schedulers_give_identical_results(start_sim):
     reference = results["sync"]
     expected = [
         expected_answer([{"role": "user", "content": f"Classify: {t}\n{b}"}])
-        for t, b in zip(reference["title"], reference["body"])
+        for t, b in zip(reference["title"], reference["body"], strict=False)
     ]
     assert reference["label"].tolist() == expected
     for name, result in results.items():
@@ -188,12 +187,19 @@ def test_system_message_and_params_reach_the_model(start_sim):
     sim = start_sim(mode="label")
     df = tickets(6)
     out = dask_llm.enrich(
-        df, "{title}", "label", "m", endpoint=endpoint_for(sim), system="Route ticket {id}.",
-        temperature=0.0, max_tokens=1,
+        df,
+        "{title}",
+        "label",
+        "m",
+        endpoint=endpoint_for(sim),
+        system="Route ticket {id}.",
+        temperature=0.0,
+        max_tokens=1,
     )
     expected = [
-        expected_answer([{"role": "system", "content": f"Route ticket {i}."},
-                         {"role": "user", "content": f"ticket {i}"}])
+        expected_answer(
+            [{"role": "system", "content": f"Route ticket {i}."}, {"role": "user", "content": f"ticket {i}"}]
+        )
         for i in range(6)
     ]
     assert out["label"].tolist() == expected  # every label is one token long
@@ -228,9 +234,7 @@ def test_unreachable_endpoint_is_one_clear_error():
 
 
 def test_azure_endpoint(sim):
-    ep = dask_llm.Endpoint(
-        azure_endpoint=sim.azure_endpoint, api_key="test-key", api_version="2024-10-21"
-    )
+    ep = dask_llm.Endpoint(azure_endpoint=sim.azure_endpoint, api_key="test-key", api_version="2024-10-21")
     out = dask_llm.enrich(tickets(5), "{title}", "label", "my-deployment", endpoint=ep)
     assert out["label"].tolist() == [f"ticket {i}" for i in range(5)]
 

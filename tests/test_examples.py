@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quickstart_runs_and_loses_no_row():
     proc = subprocess.run(
         [sys.executable, "examples/quickstart.py", "--rows", "120", "--latency", "0.05", "--sample", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 2% of calls fail with a 500 in the quickstart; retries recover every row.
@@ -79,3 +82,13 @@ def test_structured_output_example_gives_typed_columns(start_sim):
     assert re.search(r"^severity\s+Int64$", proc.stdout, re.MULTILINE), proc.stdout
     assert re.search(r"^urgent\s+boolean$", proc.stdout, re.MULTILINE), proc.stdout
     assert re.search(r"^rows: 12  ok: 12  failed: 0", proc.stdout, re.MULTILINE), proc.stdout
+
+
+@pytest.mark.slow
+def test_spark_example_enriches_every_row():
+    pytest.importorskip("pyspark")
+    proc = run_example("spark_quickstart.py", "--rows", "120")
+    assert "enriched 120 rows" in proc.stdout, proc.stderr[-2000:]
+    counts = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in proc.stdout.splitlines()
+              if line.startswith("|") and line.split("|")[2].strip().isdigit()}  # fmt: skip
+    assert sum(counts.values()) == 120

@@ -12,8 +12,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path

@@ -270,9 +270,7 @@ def test_rpm_limit_answers_429(limited_proxy: LiteLLMProxy) -> None:
 
 
 def test_rpm_600_headers(limited_proxy: LiteLLMProxy) -> None:
-    raw = client_for(limited_proxy).chat.completions.with_raw_response.create(
-        model="limited-600", messages=MESSAGES
-    )
+    raw = client_for(limited_proxy).chat.completions.with_raw_response.create(model="limited-600", messages=MESSAGES)
     assert raw.status_code == 200
     assert raw.headers["x-ratelimit-limit-requests"] == "600"
     assert int(raw.headers["x-ratelimit-remaining-requests"]) in range(590, 600)
@@ -327,7 +325,7 @@ def test_enrich_through_the_proxy(upstream: tuple[LiteLLMProxy, Simulator, Simul
 
     import dask_llm
 
-    proxy, sim, _ = upstream
+    proxy, _sim, _ = upstream
     df = pd.DataFrame({"text": [f"ticket {i}" for i in range(40)]})
     endpoint = dask_llm.Endpoint(base_url=proxy.base_url, api_key=proxy.master_key)
     out = dask_llm.enrich(df, "Say: {text}", "ans", "echo", endpoint=endpoint, threads=8)

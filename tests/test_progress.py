@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 import dask_llm
+from dask_llm._coordination import local_coordinator, on_topic
+from dask_llm._run import Outcome
 from dask_llm._run._progress import (
     Cancelled,
     ProgressChannel,
@@ -21,9 +23,6 @@ from dask_llm._run._progress import (
     partition_progress,
 )
 from dask_llm.cli._progress_line import ProgressPrinter, format_duration, render
-from dask_llm._run import Outcome
-
-from dask_llm._coordination import local_coordinator, on_topic
 
 from .conftest import endpoint_for
 

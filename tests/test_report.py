@@ -233,6 +233,7 @@ def test_a_run_still_going_on_fsspec_memory() -> None:
     try:
         with Simulator(config) as sim:  # pandas in, pandas out: enrich runs in the thread
             done = threading.Event()
+
             def go() -> None:
                 run_enrich(df, sim, url, model="my-model", threads=2)
                 done.set()

@@ -257,7 +257,11 @@ def test_two_runs_with_different_specs_racing_on_a_new_path(tmp_path: Path) -> N
 def test_the_race_on_s3(moto_s3: str) -> None:
     import boto3
 
-    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": moto_s3, "region_name": "us-east-1"}}
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
+    }
     boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket="race")  # fmt: skip
     for attempt in range(10):

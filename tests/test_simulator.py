@@ -104,7 +104,7 @@ def test_label_answers_and_usage_match_expected(make_sim: MakeSim) -> None:
 def test_echo_mode_returns_last_user_message(make_sim: MakeSim) -> None:
     sim = make_sim(mode="echo")
     client = client_for(sim)
-    for text in ["Hello, world!", "  spaces\tand\nnewlines  ", "unicode: café ☕ 東京", "{\"json\": [1, 2]}"]:
+    for text in ["Hello, world!", "  spaces\tand\nnewlines  ", "unicode: café ☕ 東京", '{"json": [1, 2]}']:
         messages = [
             {"role": "user", "content": "an earlier question"},
             {"role": "assistant", "content": "an earlier answer"},

@@ -394,7 +394,9 @@ def test_create_errors(make_sim: MakeSim) -> None:
         client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         client.batches.create(
-            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h"  # type: ignore[arg-type]
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="1h",  # type: ignore[arg-type]
         )
     with pytest.raises(openai.BadRequestError):
         client.batches.create(

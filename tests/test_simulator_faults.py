@@ -121,7 +121,7 @@ def test_drip_feed_outlasts_the_openai_timeout() -> None:
     def call() -> None:
         try:
             outcome.append(client_for(sim, timeout=1.0).chat.completions.create(model="m", messages=ticket(1)))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=call, daemon=True)
@@ -412,8 +412,15 @@ def test_new_faults_leave_the_existing_draws_unchanged() -> None:
     # A new fault only takes draws that drew nothing before: its threshold comes after the old ones.
     mixed = draws(fail_rate=0.2, malformed_rate=0.1, drip_rate=0.1, html_rate=0.1, empty_rate=0.1,
                   empty_object_rate=0.1, huge_rate=0.1)  # fmt: skip
-    assert [m for m, o in zip(mixed, old) if o is not None] == [o for o in old if o is not None]
-    assert {m for m, o in zip(mixed, old) if o is None} == {None, "drip", "html", "empty", "empty_object", "huge"}
+    assert [m for m, o in zip(mixed, old, strict=False) if o is not None] == [o for o in old if o is not None]
+    assert {m for m, o in zip(mixed, old, strict=False) if o is None} == {
+        None,
+        "drip",
+        "html",
+        "empty",
+        "empty_object",
+        "huge",
+    }
 
 
 def test_fault_mix_is_roughly_honoured(make_sim: MakeSim) -> None:

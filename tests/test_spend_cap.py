@@ -63,9 +63,10 @@ def test_cost_cap_needs_a_price(sim):
 def three_workers() -> Iterator[object]:
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0"
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Literal, Optional
+from typing import Literal
 
 import dask.dataframe as dd
 import openai
@@ -44,7 +44,7 @@ class Triage(pydantic.BaseModel):
     urgent: bool
     tags: list[str]
     location: Location
-    note: Optional[str] = None
+    note: str | None = None
 
 
 # The same shape as a plain JSON schema, for users without Pydantic.
@@ -165,9 +165,7 @@ def test_simulator_invalid_json_rate(start_sim):
 def test_typed_columns_round_trip_through_parquet(start_sim, tmp_path):
     sim = start_sim(mode="label")
     ddf = dd.from_pandas(tickets(60), npartitions=3)
-    out = dask_llm.enrich(
-        ddf, "Triage: {title}", column="triage", model="m", endpoint=endpoint_for(sim), output=Triage
-    )
+    out = dask_llm.enrich(ddf, "Triage: {title}", column="triage", model="m", endpoint=endpoint_for(sim), output=Triage)
     assert out.dtypes["priority"] == "Int64" and sim.stats()["requests"] == 0  # lazy, exact meta
     out.to_parquet(tmp_path / "good", write_index=False)
 

@@ -16,9 +16,10 @@ from typing import TypeVar
 
 import openai
 
+from .._calls._attempt import bounded
+from .._calls._client import Kind, classify, get_client
 from .._config import Endpoint, RetryPolicy
 from .._errors import AuthenticationError, EndpointError
-from ._deps import Kind, bounded, classify, get_client
 
 __all__ = ["ATTEMPTS", "Stop", "batch_client", "call", "never", "pause"]
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._config import Endpoint
+from .._core._tokens import estimate_prompt_tokens
 from .._errors import ConfigError, EndpointError
 from ._calls import Stop, call, never, pause
 from ._config import BatchAPI
-from ._deps import estimate_prompt_tokens
 
 __all__ = ["InputFile", "batch_url", "build_files", "prompt_tokens", "upload"]
 
@@ -175,9 +175,7 @@ def _file(model: str, chunk: list[tuple[str, bytes, int]]) -> InputFile:
     )
 
 
-def upload(
-    endpoint: Endpoint, file: InputFile, name: str, options: BatchAPI, should_stop: Stop = never
-) -> str | None:
+def upload(endpoint: Endpoint, file: InputFile, name: str, options: BatchAPI, should_stop: Stop = never) -> str | None:
     """Upload ``file`` with purpose ``batch`` and return its id once a batch may use it.
 
     Azure processes an upload first and refuses a batch whose file is still
@@ -207,7 +205,12 @@ def upload(
     while endpoint.is_azure and status in _NOT_READY and time.monotonic() < deadline:
         if pause(min(options.poll_interval, 2.0), should_stop):
             return None
-        uploaded = call(endpoint, "checking an uploaded file", lambda client: client.files.retrieve(uploaded.id))
+        file_id: str = uploaded.id
+
+        def retrieve(client: Any, file_id: str = file_id) -> Any:
+            return client.files.retrieve(file_id)
+
+        uploaded = call(endpoint, "checking an uploaded file", retrieve)
         status = getattr(uploaded, "status", None)
     if status == "error":
         details = getattr(uploaded, "status_details", None) or "no details"

@@ -10,6 +10,7 @@ re-run without a checkpoint attaches to its batches instead of paying twice.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -137,7 +138,7 @@ def _send(
 def _reserve(endpoint: Endpoint, model: str, tokens: int, options: BatchAPI, should_stop: Stop) -> str | None:
     def refresh(batch_ids: list[str]) -> None:
         for batch_id in batch_ids:
-            batch = call(endpoint, "polling a batch", lambda client: _retrieve_or_none(client, batch_id))
+            batch = call(endpoint, "polling a batch", functools.partial(_retrieve_or_none, batch_id=batch_id))
             if batch is None:
                 # Gone (deleted, or another account's): it holds nothing, and must not block the queue forever.
                 capacity.release(endpoint, model, batch_id)
@@ -282,7 +283,7 @@ def wait(
 
 def _as_seen(states: list[BatchState | None], refs: list[BatchRef]) -> list[BatchState]:
     # A batch not looked at before the stop: nothing is known of it yet.
-    return [s if s is not None else BatchState(ref=r, status="unknown") for s, r in zip(states, refs)]
+    return [s if s is not None else BatchState(ref=r, status="unknown") for s, r in zip(states, refs, strict=False)]
 
 
 def _after_refusal(
@@ -341,7 +342,7 @@ def find(
         kwargs: dict[str, Any] = {"limit": page_size}
         if after is not None:
             kwargs["after"] = after
-        page = call(endpoint, "listing batches", lambda client: client.batches.list(**kwargs))
+        page = call(endpoint, "listing batches", functools.partial(_list_batches, kwargs=dict(kwargs)))
         for batch in page.data:
             if batch.created_at < horizon:
                 return found
@@ -380,3 +381,6 @@ def cancel(endpoint: Endpoint, refs: Sequence[BatchRef]) -> list[BatchState]:
         states.append(state)
     return states
 
+
+def _list_batches(client: Any, kwargs: dict[str, Any]) -> Any:
+    return client.batches.list(**kwargs)

@@ -141,7 +141,7 @@ def _answer(custom_id: str, body: Any) -> LineResult:
     return LineResult(custom_id, LineStatus.OK, text=text, finish_reason=finish, status_code=200, **usage)
 
 
-def _usage(body: Any) -> dict[str, int | None]:
+def _usage(body: Any) -> dict[str, Any]:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return {"prompt_tokens": None, "completion_tokens": None}
@@ -253,8 +253,11 @@ def _read(endpoint: Endpoint, file_id: str, options: BatchAPI, parse: Any) -> li
         return parsed
 
     return call(
-        endpoint, f"downloading batch file {file_id}", fetch,
-        timeout=options.transfer_timeout, max_bytes=MAX_DOWNLOAD_BYTES,
+        endpoint,
+        f"downloading batch file {file_id}",
+        fetch,
+        timeout=options.transfer_timeout,
+        max_bytes=MAX_DOWNLOAD_BYTES,
     )
 
 

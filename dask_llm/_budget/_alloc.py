@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Allocator", "Grant", "LEASE_TTL", "PUSH_GRANT"]
+__all__ = ["LEASE_TTL", "PUSH_GRANT", "Allocator", "Grant"]
 
 #: The push (coordinator to holder) of a revised grant.
 PUSH_GRANT = "dask-llm-budget-grant"
@@ -294,7 +294,7 @@ class Allocator:
             if h == exclude:
                 continue
             new = self._shares(h)
-            if any(_moved(a, b) for a, b in zip((rec.rpm, rec.tpm), new)) or rec.slots != slots.get(h):
+            if any(_moved(a, b) for a, b in zip((rec.rpm, rec.tpm), new, strict=False)) or rec.slots != slots.get(h):
                 out[h] = self._grant(h, now)
         return out
 

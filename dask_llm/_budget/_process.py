@@ -25,11 +25,11 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-from ._alloc import PUSH_GRANT, Grant
-from ._limiter import Limiter, Unlimited
-from ._leases import ClusterSlots, LocalSlots, Slots
-from ._reservoir import Reservoir
 from .._errors import ConfigError
+from ._alloc import PUSH_GRANT, Grant
+from ._leases import ClusterSlots, LocalSlots, Slots
+from ._limiter import Limiter, Unlimited
+from ._reservoir import Reservoir
 from ._value import Budget
 
 __all__ = ["CoordinatorLink", "ProcessBudget", "limiter_for", "process_budget"]
@@ -326,4 +326,6 @@ def _make(budget: Budget, coordinator: Any) -> ProcessBudget:
         slots = ClusterSlots(semaphore)
     # Pushes come for every budget this process holds; one handler per holder.
     coordinator.subscribe(PUSH_GRANT, functools.partial(_on_push, coordinator.holder))
-    return ProcessBudget(budget, CoordinatorLink(coordinator, budget, slots_name if semaphore is not None else None), slots)
+    return ProcessBudget(
+        budget, CoordinatorLink(coordinator, budget, slots_name if semaphore is not None else None), slots
+    )

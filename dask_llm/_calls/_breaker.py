@@ -22,9 +22,9 @@ from __future__ import annotations
 import threading
 import time
 
-from ._client import Failure, Kind
 from .._config import Endpoint
 from .._errors import EndpointError
+from ._client import Failure, Kind
 
 __all__ = ["TRIP_AFTER", "Breaker", "breaker_for"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import openai
 
-from ._attempt import Attempt, bounded, guard_client
 from .._config import Endpoint
+from ._attempt import Attempt, bounded, guard_client
 
 __all__ = ["Completion", "Failure", "Kind", "classify", "complete", "get_client", "retry_hint"]
 
@@ -67,7 +67,7 @@ def _build(ep: Endpoint, api_key: str | None) -> openai.OpenAI:
         max_retries=0,
         http_client=_http_client(ep),
     )
-    if ep.is_azure:
+    if ep.azure_endpoint is not None:
         return openai.AzureOpenAI(
             azure_endpoint=ep.azure_endpoint,
             azure_deployment=ep.azure_deployment,
@@ -296,6 +296,8 @@ def retry_hint(headers: Mapping[str, str] | None, message: str = "") -> float | 
     if value is not None:
         with contextlib.suppress(ValueError):
             return max(0.0, float(value))
-    resets = [parse_duration(headers[h]) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if h in headers]
+    resets = [
+        parse_duration(headers[h]) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if h in headers
+    ]
     positive = [r for r in resets if r is not None and r > 0]
     return min(positive) if positive else None

@@ -14,10 +14,10 @@ Nothing here knows about dask, the runner or the model: the runner hands a
 partition's frame in and gets back what to call, then hands the outcomes back.
 """
 
-from ._manifest import FORMAT, MANIFEST, RunSpec
-from ._ledger import FIELDS, INTERNAL_DIR
-from ._partition import Checkpoint, PartitionCheckpoint, open_checkpoint
 from .._core._store import Store, open_store
+from ._ledger import FIELDS, INTERNAL_DIR
+from ._manifest import FORMAT, MANIFEST, RunSpec
+from ._partition import Checkpoint, PartitionCheckpoint, open_checkpoint
 
 __all__ = [
     "FIELDS",

@@ -118,7 +118,7 @@ def _combine(arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
 
 
 def _key_columns(frame: pd.DataFrame, key: Sequence[str] | None) -> list[pd.Series | pd.Index]:
-    if key:
+    if key is not None:  # () : no key at all, the content alone (frames without an index)
         return [frame[k] for k in key]
     index = frame.index
     if isinstance(index, pd.MultiIndex):
@@ -136,7 +136,8 @@ def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | No
     columns : sequence of str
         The columns the prompt reads (each named once in the frame).
     key : sequence of str, optional
-        Columns that identify a row; default: the index.
+        Columns that identify a row; default: the index; ``()``: none (the
+        request content and the occurrence alone: Spark rows have no index).
     """
     n = len(frame)
     with np.errstate(over="ignore"):

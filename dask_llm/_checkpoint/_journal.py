@@ -25,10 +25,10 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from ._identity import RowIds
-from ._ledger import FIELDS, LedgerIndex, dicts_table, records_to_jsonl
 from .._core._store import Store
 from .._errors import CheckpointError
+from ._identity import RowIds
+from ._ledger import FIELDS, LedgerIndex, dicts_table, records_to_jsonl
 
 __all__ = ["JournalWriter"]
 

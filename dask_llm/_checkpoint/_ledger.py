@@ -36,23 +36,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._identity import RowIds
 from .._core._store import Store
+from ._identity import RowIds
 
 __all__ = [
     "FIELDS",
     "INTERNAL_DIR",
     "JOURNAL_DIR",
+    "LEDGER_SUFFIX",
     "MEMBERS_DIR",
     "ROWS_DIR",
     "Found",
     "LedgerIndex",
+    "dicts_table",
     "index_for",
-    "LEDGER_SUFFIX",
     "members_to_arrow",
     "read_members",
     "records_table",
-    "dicts_table",
     "records_to_jsonl",
     "table_to_arrow",
     "to_pandas",
@@ -270,7 +270,7 @@ def _pick(blocks: Sequence[_Block], positions: Sequence[np.ndarray], n: int) -> 
     best_block = np.full(n, -1, dtype=np.int64)
     best_pos = np.full(n, -1, dtype=np.int64)
     score = np.full(n, -1.0)
-    for b, (block, pos) in enumerate(zip(blocks, positions)):
+    for b, (block, pos) in enumerate(zip(blocks, positions, strict=False)):
         hit = pos >= 0
         p = pos[hit]
         # ok (4) over error, committed (2) over journaled, then later finished.

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._core._store import Store
 from .._errors import CheckpointError, option
 from ._ledger import INTERNAL_DIR
-from .._core._store import Store
 
 __all__ = ["FORMAT", "MANIFEST", "RunSpec", "claim"]
 
@@ -104,7 +104,7 @@ def claim(store: Store, spec: RunSpec, overwrite: bool) -> str:
         "format": FORMAT,
         "id": manifest_id,
         "run": spec.fingerprint,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **spec.describe(),
     }
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()

@@ -56,23 +56,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._core._store import Store, open_store
 from .._errors import CheckpointError
 from ._identity import RowIds, row_ids
 from ._journal import JournalWriter
 from ._ledger import (
     JOURNAL_DIR,
+    LEDGER_SUFFIX,
     MEMBERS_DIR,
     ROWS_DIR,
     Found,
     LedgerIndex,
     index_for,
-    LEDGER_SUFFIX,
     members_to_arrow,
     records_table,
     table_to_arrow,
 )
 from ._manifest import RunSpec, claim
-from .._core._store import Store, open_store
 
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
@@ -184,10 +184,7 @@ class PartitionCheckpoint:
         members = self.index.members_of(self.name)
         #: The dataset already holds exactly this partition, every row restored.
         self.complete = (
-            not self.todo
-            and bool(self.found.found.all())
-            and members is not None
-            and len(members) == len(ids)
+            not self.todo and bool(self.found.found.all()) and members is not None and len(members) == len(ids)
         )
 
     @property
@@ -304,9 +301,7 @@ def open_checkpoint(
         store.write(probe, b"")
         store.remove(probe)
     except Exception as exc:  # whatever the backend raises, name the path
-        raise CheckpointError(
-            f"checkpoint path {shown!r} is not writable: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(f"checkpoint path {shown!r} is not writable: {type(exc).__name__}: {exc}") from exc
     try:
         manifest_id = claim(store, spec, overwrite)
     except OSError as exc:
@@ -320,4 +315,3 @@ def open_checkpoint(
         retry_errors=retry_errors,
         width=max(5, len(str(max(npartitions - 1, 0)))),
     )
-

@@ -49,6 +49,8 @@ class LocalCoordinator:
                 grant, pushes = None, self.state.budget_release(now, self.holder, **fields)
             elif op == "budget_penalize":
                 grant, pushes = None, self.state.budget_penalize(now, self.holder, **fields)
+            elif op.startswith("partition_"):
+                return getattr(self.state, op)(self.holder, **fields)
             else:
                 return getattr(self.state, op)(**fields)
         for holder, (name, msg) in pushes.items():  # one holder here: nothing to push in practice

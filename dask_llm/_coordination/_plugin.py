@@ -76,6 +76,10 @@ class CoordinatorPlugin(SchedulerPlugin):
             return state.spend_settle(**fields)
         if op == "spend_stats":
             return state.spend_stats(**fields)
+        if op == "partition_lease":
+            return state.partition_lease(holder, **fields)
+        if op == "partition_release":
+            return state.partition_release(holder, **fields)
         raise ValueError(f"unknown dask-llm request {op!r}")
 
     # -- scheduler events ----------------------------------------------------

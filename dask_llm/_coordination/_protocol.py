@@ -20,6 +20,9 @@ Requests (``call(op, **fields)``, answered):
                        ``tokens`` -> ``"go"`` / ``"wait"`` / ``"exhausted"``
 ``spend_settle``       replace a reservation by what was billed
 ``spend_stats``        ``name`` -> the ledger
+``partition_lease``    ``key`` (a partition's content key): ``True`` when this
+                       holder may run it, ``False`` while another holder does
+``partition_release``  ``key``: done with it
 =====================  ===========================================================
 
 Pushes (coordinator to holder, ``subscribe(PUSH_GRANT, handler)``): a
@@ -34,7 +37,7 @@ from typing import Any, Protocol
 
 from .._budget._alloc import PUSH_GRANT
 
-__all__ = ["OPS", "PUSH_GRANT", "Coordinator"]
+__all__ = ["OPS", "PUSH_GRANT", "STOP_TOPIC", "Coordinator"]
 
 #: The requests a coordinator answers.
 OPS = (
@@ -45,7 +48,11 @@ OPS = (
     "spend_reserve",
     "spend_settle",
     "spend_stats",
+    "partition_lease",
+    "partition_release",
 )
+#: The event topic on which a driver asks every process to stop a run.
+STOP_TOPIC = "dask-llm-stop"
 
 
 class Coordinator(Protocol):

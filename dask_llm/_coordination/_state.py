@@ -48,6 +48,7 @@ class CoordinatorState:
     def __init__(self, contended: Callable[[str], bool] | None = None) -> None:
         self.budgets: dict[str, _Budget] = {}
         self.ledgers: dict[str, Ledger] = {}
+        self.partitions: dict[str, str] = {}  # content key -> the holder running it
         self._contended = contended or (lambda name: False)
 
     # -- budgets -----------------------------------------------------------------
@@ -116,7 +117,10 @@ class CoordinatorState:
         }
 
     def remove_holder(self, now: float, holder: str) -> Pushes:
-        """A holder left (a worker died): its shares go to the others at once."""
+        """A holder left (a worker died): its shares go to the others at once,
+        and the partitions it was running may run elsewhere."""
+        for key in [k for k, h in self.partitions.items() if h == holder]:
+            del self.partitions[key]
         pushes: Pushes = {}
         for name, entry in self.budgets.items():
             if holder in entry.allocator.holders:
@@ -149,6 +153,19 @@ class CoordinatorState:
             entry.messages["push"] += 1
             out[holder] = (name, dataclasses.replace(grant, contended=contended).to_msg())
         return out
+
+    # -- partitions ------------------------------------------------------------------
+
+    def partition_lease(self, holder: str, key: str) -> bool:
+        """Whether ``holder`` may run the partition ``key`` now: one holder at
+        a time, so that a speculative copy or a second action over the same
+        rows waits and then restores what the first one paid for."""
+        owner = self.partitions.setdefault(key, holder)
+        return owner == holder
+
+    def partition_release(self, holder: str, key: str) -> None:
+        if self.partitions.get(key) == holder:
+            del self.partitions[key]
 
     # -- spend caps ----------------------------------------------------------------
 

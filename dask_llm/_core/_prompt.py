@@ -120,7 +120,7 @@ class Prompt:
             raise TemplateError("prompt must be a non-empty string template")
         if self.system is not None and not isinstance(self.system, str):
             raise TemplateError("system must be a string template")
-        self.columns  # parse now: a malformed template fails at construction
+        _ = self.columns  # parse now: a malformed template fails at construction
 
     @cached_property
     def _user_fields(self) -> tuple[_Field, ...]:

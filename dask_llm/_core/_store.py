@@ -17,6 +17,7 @@ left by a crash never shows up in the output dataset.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import threading
@@ -173,7 +174,7 @@ class Store:
         names = (str(e).rstrip("/").rpartition("/")[2] for e in entries)
         return sorted(n for n in names if n and not n.startswith("."))
 
-    def find(self, rel: str) -> list[str]:
+    def find(self, rel: str) -> builtins.list[str]:
         """Every file under a directory, recursively, as paths relative to
         it, without dot-prefixed temporary files; empty when it does not exist."""
         where = self.path(rel)
@@ -187,7 +188,7 @@ class Store:
         for path in found:
             path = self.fs._strip_protocol(str(path))
             if path.startswith(prefix):
-                tail = path[len(prefix):]
+                tail = path[len(prefix) :]
                 if not any(part.startswith(".") for part in tail.split("/")):
                     out.append(tail)
         return sorted(out)

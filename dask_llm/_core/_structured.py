@@ -128,9 +128,7 @@ class StructuredOutput:
                     fields = {}
             for name, dtype in self.columns:
                 values[name].append(_cell(fields.get(name), dtype))
-        return pd.DataFrame(
-            {name: pd.array(values[name], dtype=dtype) for name, dtype in self.columns}, index=index
-        )
+        return pd.DataFrame({name: pd.array(values[name], dtype=dtype) for name, dtype in self.columns}, index=index)
 
 
 def structured_output(output: Any) -> StructuredOutput:
@@ -148,9 +146,7 @@ def structured_output(output: Any) -> StructuredOutput:
         raw, model = copy.deepcopy(dict(output)), None
         name = str(raw.get("title") or "output")
     else:
-        raise ConfigError(
-            f"output= must be a Pydantic model class or a JSON schema dict, got {type(output).__name__}"
-        )
+        raise ConfigError(f"output= must be a Pydantic model class or a JSON schema dict, got {type(output).__name__}")
     schema = _strict(raw)
     top = _resolve(schema, schema)
     props = top.get("properties")
@@ -297,9 +293,8 @@ def check(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None 
         for part in ref[2:].split("/"):
             target = target[part]
         return check(value, target, root, path)
-    if "anyOf" in schema:
-        if all(check(value, option, root, path) is not None for option in schema["anyOf"]):
-            return f"{path}: matches none of the allowed forms"
+    if "anyOf" in schema and all(check(value, option, root, path) is not None for option in schema["anyOf"]):
+        return f"{path}: matches none of the allowed forms"
     if "const" in schema and value != schema["const"]:
         return f"{path}: expected {schema['const']!r}"
     if "enum" in schema and value not in schema["enum"]:

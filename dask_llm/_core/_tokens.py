@@ -24,6 +24,7 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
     chars = sum(len(m.get("content") or "") for m in messages)
     return -(-chars // 4) + PER_MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
 
+
 #: Completion tokens reserved for a request that sets no ``max_tokens``.
 DEFAULT_COMPLETION_ESTIMATE = 256
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
 
 from .._errors import ConfigError
 
@@ -38,8 +37,10 @@ class Price:
     def __post_init__(self) -> None:
         for what in ("input", "output"):
             value = getattr(self, what)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
             ):
                 raise ConfigError(f"Price.{what} must be a number >= 0 (USD per million tokens), got {value!r}")
 
@@ -48,7 +49,7 @@ class Price:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
-PriceTable = Mapping[str, Union[Price, tuple[float, float]]]
+PriceTable = Mapping[str, Price | tuple[float, float]]
 
 #: List prices in USD per million tokens (standard tier, no batch or cache
 #: discount), as published by OpenAI in 2025. Check them against your bill.
@@ -74,7 +75,7 @@ def _as_price(model: str, value: object) -> Price:
     if isinstance(value, Price):
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        return Price(*value)  # type: ignore[arg-type]
+        return Price(float(value[0]), float(value[1]))
     raise ConfigError(f"prices[{model!r}] must be a Price or an (input, output) pair, got {value!r}")
 
 

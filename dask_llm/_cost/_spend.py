@@ -37,9 +37,9 @@ from ._pricing import Price
 __all__ = [
     "BUDGET_EXHAUSTED",
     "Charge",
+    "CoordinatedCounter",
     "Ledger",
     "SpendCap",
-    "CoordinatedCounter",
     "SpendCounter",
     "SpendGate",
     "Verdict",
@@ -85,7 +85,9 @@ class SpendCap:
         if self.max_cost is None and self.max_tokens is None:
             raise ConfigError("SpendCap needs max_cost= and/or max_tokens=")
         mc = self.max_cost
-        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, (int, float)) or not (math.isfinite(mc) and mc > 0)):
+        if mc is not None and (
+            isinstance(mc, bool) or not isinstance(mc, (int, float)) or not (math.isfinite(mc) and mc > 0)
+        ):
             raise ConfigError(f"SpendCap.max_cost must be a positive number of USD, got {mc!r}")
         mt = self.max_tokens
         if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
@@ -135,7 +137,9 @@ class Ledger:
         if self.exhausted or not self._fits(self.spent_cost + cost, self.spent_tokens + tokens):
             self.exhausted = True
             return Verdict.EXHAUSTED
-        if not self._fits(self.spent_cost + self.reserved_cost + cost, self.spent_tokens + self.reserved_tokens + tokens):
+        if not self._fits(
+            self.spent_cost + self.reserved_cost + cost, self.spent_tokens + self.reserved_tokens + tokens
+        ):
             return Verdict.WAIT
         self.reserved_cost += cost
         self.reserved_tokens += tokens

@@ -7,7 +7,9 @@ progress. Everything a job means (prompts, calls, budget, checkpoint) is
 below, in ``_run`` and the packages it uses.
 
 - ``_pandas``: a pandas frame, enriched at once, in this process;
-- ``_dask``: a dask frame, lazily, with ``map_partitions``.
+- ``_dask``: a dask frame, lazily, with ``map_partitions``;
+- ``_spark``: a pyspark frame, lazily, with ``mapInArrow``, and a coordinator
+  started next to the driver.
 
 May import: ``_run``, ``_coordination``, ``_core``, ``_errors``; their frame
 library, only inside the adapter that needs it.
@@ -36,4 +38,9 @@ def engine_for(df: Any) -> str | None:
 
         if isinstance(df, dd.DataFrame):
             return "dask"
+    if "pyspark" in sys.modules and module.startswith("pyspark"):
+        from pyspark.sql import DataFrame
+
+        if isinstance(df, DataFrame):
+            return "spark"
     return None

@@ -25,7 +25,7 @@ import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,9 +88,7 @@ class CheckpointData:
         return str(self.manifest.get("model", ""))
 
 
-def read_checkpoint(
-    url: str, storage_options: Mapping[str, Any] | None = None, *, slowest: int = 10
-) -> CheckpointData:
+def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None, *, slowest: int = 10) -> CheckpointData:
     """Read what the report needs from the checkpoint at ``url``.
 
     Raises
@@ -118,7 +116,7 @@ def read_checkpoint(
     index.refresh()
     records = index.all_records()
     files = [n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")]
-    chunks = [p for p in cast("list[str]", store.find(JOURNAL_DIR)) if p.endswith(".jsonl")]
+    chunks = [p for p in store.find(JOURNAL_DIR) if p.endswith(".jsonl")]
     text_column = None
     if files:
         text_column, top = _slowest_in_dataset(store, files, column, manifest, slowest)
@@ -233,7 +231,7 @@ def _slowest_in_dataset(
             cols = [c for c in (*index_cols, text_column, *names.values()) if c and c in schema.names]
             table = pf.read_row_group(group, columns=cols).take(pa.array(rows))
             data = table.to_pylist()
-            for row, values in zip(rows, data):
+            for row, values in zip(rows, data, strict=False):
                 index_values = [values.get(c) for c in index_cols]
                 found[(name, group, row)] = {
                     "index": index_values[0] if len(index_values) == 1 else (tuple(index_values) or None),

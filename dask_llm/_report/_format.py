@@ -64,7 +64,7 @@ def clock(t: float | None) -> str:
     """A unix time as ``"2026-11-23 17:14:43 UTC"``."""
     if t is None or not math.isfinite(t):
         return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def truncate(text: object, width: int = 80) -> str:

@@ -347,7 +347,7 @@ def compute(data: CheckpointData, prices: PriceTable | None = None) -> RunReport
         bucket_seconds=step,
         throughput=buckets,
         latency=_histogram(called, p99),
-        attempts={int(v): int(c) for v, c in zip(values, counts)},
+        attempts={int(v): int(c) for v, c in zip(values, counts, strict=False)},
         by_outcome=by_outcome,
         slowest=_slow_rows(data.slowest),
         slowest_from_dataset=data.dataset_files > 0,
@@ -357,4 +357,3 @@ def compute(data: CheckpointData, prices: PriceTable | None = None) -> RunReport
         dataset_rows=data.dataset_rows,
         journal_chunks=data.journal_chunks,
     )
-

@@ -183,7 +183,7 @@ def _latency(r: RunReport, title: str) -> str:
     if not sum(counts) and not h.overflow:
         parts.append(_empty(area, "no row has made a call yet"))
     bar = area.x(bin_width) - area.x(0)
-    for lo, hi, c in zip(edges, edges[1:], counts):
+    for lo, hi, c in zip(edges, edges[1:], counts, strict=False):
         if c:
             parts.append(_bar(area.x(lo) + 0.5, area.y(c), bar - 1, area.bottom - area.y(c), COLORS["latency"],
                               f"{fmt.seconds(lo)} to {fmt.seconds(hi)}: {c:,} rows"))  # fmt: skip
@@ -224,7 +224,7 @@ def _attempts(r: RunReport, title: str) -> str:
     area = _Area(_LEFT, _TOP, WIDTH - _LEFT - _RIGHT, 150, -0.5, len(values) - 0.5, yticks[-1])
     parts = _axes(area, yticks, "rows")
     bar = min(area.width / len(values) * 0.7, 60)
-    for v, c in zip(values, counts):
+    for v, c in zip(values, counts, strict=False):
         color = COLORS["shared"] if v == 0 else COLORS["ok"]
         x = area.x(v) - bar / 2
         parts.append(_bar(x, area.y(c), bar, area.bottom - area.y(c), color, f"{v} attempts: {c:,} rows"))

@@ -17,4 +17,13 @@ from ._progress import Cancelled, ProgressChannel
 from ._runner import enrich_batch, run_rows, to_columns
 from ._stopping import watch_local_computes
 
-__all__ = ["Cancelled", "Job", "Outcome", "ProgressChannel", "enrich_batch", "run_rows", "to_columns", "watch_local_computes"]
+__all__ = [
+    "Cancelled",
+    "Job",
+    "Outcome",
+    "ProgressChannel",
+    "enrich_batch",
+    "run_rows",
+    "to_columns",
+    "watch_local_computes",
+]

@@ -30,7 +30,7 @@ class Job:
     endpoint: Endpoint
     params: Mapping[str, Any] = field(default_factory=dict)
     threads: int = 16
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_error: Literal["store", "raise"] = "store"
     checkpoint: Checkpoint | None = None
     budget: Budget | None = None
@@ -43,8 +43,12 @@ class Job:
     dedup: bool = True
     run_id: str = ""
     cache: ResponseCache | None = None
-    #: Columns that identify a row for the checkpoint (default: the index).
+    #: Columns that identify a row for the checkpoint (default: the index;
+    #: ``()``: none, the request content alone, for frames without an index).
     key: tuple[str, ...] | None = None
+    #: Address of the job's coordinator when the engine has no scheduler of
+    #: its own (Spark); ``None``: the one of the thread running the batch.
+    coordinator: str | None = None
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         # Every enrich() call gets a fresh run_id: a token of its own, cheap,

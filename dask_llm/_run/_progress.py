@@ -79,11 +79,16 @@ class ProgressChannel:
 
 
 class _Outcome(Protocol):
-    error: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    attempts: int
-    rate_limited: int
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int | None: ...
+    @property
+    def completion_tokens(self) -> int | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def rate_limited(self) -> int: ...
 
 
 # ---------------------------------------------------------------- worker side
@@ -91,10 +96,17 @@ class _Outcome(Protocol):
 #: Topics cancelled in this process (a set lookup per row).
 _cancelled: set[str] = set()
 #: In-process receivers, for runs without distributed workers.
-_publishers: dict[tuple[str, int], _Publisher] = {}
+_publishers: dict[tuple[str, str], _Publisher] = {}
 #: Partitions of each topic running in this process.
 _active: Counter[str] = Counter()
 _registry_lock = threading.Lock()
+
+
+def _register_stop_handler() -> None:
+    from .._coordination._client import stop_handlers
+
+    if cancel not in stop_handlers:
+        stop_handlers.append(cancel)
 
 
 def cancel(topic: str) -> None:
@@ -345,3 +357,7 @@ def collect(channel: ProgressChannel, tally: Tally, client: Any = None) -> Itera
             client.unsubscribe_topic(channel.topic)
         except Exception:  # the client may already be closing
             pass
+
+
+# A stop asked through a remote coordinator (Spark) reaches this process's pools.
+_register_stop_handler()

@@ -23,38 +23,36 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .._budget._limiter import Limiter
 from .._budget._process import limiter_for
-from .._coordination import Coordinator
-from .._coordination import current as current_coordinator
-from ._job import Job, Outcome
-from .._cost._cache import CachedAnswer, ResponseCache
-from .._checkpoint import FIELDS, Checkpoint
 from .._calls._breaker import breaker_for
 from .._calls._client import Failure, Kind, classify, complete
+from .._checkpoint import FIELDS, PartitionCheckpoint
+from .._coordination import Coordinator
+from .._coordination import current as current_coordinator
+from .._coordination._client import connect
 from .._core._dedup import DedupPlan, call_once, plan, request_key, reused
-from .._config import Endpoint, RetryPolicy
+from .._core._prompt import RenderError
+from .._core._schema import OutputColumns
+from .._core._structured import InvalidAnswer
+from .._core._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens, estimate_request_tokens
+from .._cost._cache import CachedAnswer
+from .._cost._spend import SpendCounter, SpendGate, counter_for
 from .._errors import (
     AuthenticationError,
     EndpointUnreachableError,
     ModelNotFoundError,
     RowError,
 )
-from .._budget._limiter import Limiter
-from .._cost._pricing import Price
-from ._progress import Cancelled, ProgressChannel, partition_progress
+from ._job import Job, Outcome
+from ._progress import Cancelled, partition_progress
 from ._stopping import Stoppable, running, task_released
-from .._core._prompt import Prompt, RenderError
-from .._core._schema import OutputColumns
-from .._cost._spend import BUDGET_EXHAUSTED, SpendCap, SpendCounter, SpendGate, counter_for
-from .._core._structured import InvalidAnswer
-from .._core._tokens import DEFAULT_COMPLETION_ESTIMATE, estimate_prompt_tokens, estimate_request_tokens
 
 __all__ = ["Batch", "enrich_batch", "run_rows", "to_columns"]
 
@@ -103,15 +101,45 @@ def enrich_batch(
             enrich_batch(batch.to_pandas(), job, coordinator, number, limiter), preserve_index=False
         )
     frame = batch
-    coordinator = coordinator if coordinator is not None else current_coordinator()
-    n = len(frame)
+    if coordinator is None:
+        coordinator = connect(job.coordinator) if job.coordinator is not None else current_coordinator()
     # Checkpoint: rows already paid for are restored, not called.
     ckpt = job.checkpoint
-    saved = (
-        ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                       partition_info={"number": number})
-        if ckpt is not None else None
-    )  # fmt: skip
+    if ckpt is None:
+        return _enrich(frame, job, coordinator, None, limiter)
+    saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
+                           partition_info={"number": number})  # fmt: skip
+    if not saved.todo:
+        return _enrich(frame, job, coordinator, saved, limiter)
+    if _wait_for_lease(coordinator, saved.key):
+        # Another copy of these rows (a speculative task, a second action)
+        # ran meanwhile: what it paid for is in the ledger now.
+        saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
+                               partition_info={"number": number})  # fmt: skip
+    try:
+        return _enrich(frame, job, coordinator, saved, limiter)
+    finally:
+        coordinator.call("partition_release", key=saved.key)
+
+
+#: Seconds between two asks for a partition another copy is running.
+LEASE_POLL = 0.5
+
+
+def _wait_for_lease(coordinator: Coordinator, key: str) -> bool:
+    """Take the partition's lease on the coordinator, waiting while another
+    process runs the same rows; whether it had to wait."""
+    waited = False
+    while not coordinator.call("partition_lease", key=key):
+        waited = True
+        time.sleep(LEASE_POLL)
+    return waited
+
+
+def _enrich(
+    frame: pd.DataFrame, job: Job, coordinator: Coordinator, saved: PartitionCheckpoint | None, limiter: Limiter | None
+) -> pd.DataFrame:
+    n = len(frame)
     todo = saved.todo if saved is not None else list(range(n))
     report = partition_progress(job.progress, coordinator, restored=n - len(todo))  # a no-op without a channel
     if saved is not None and saved.complete:
@@ -133,13 +161,12 @@ def enrich_batch(
 
     # De-duplication: one leader per distinct request is called; its
     # followers get its outcome as it arrives.
-    dedup = plan(requests, callable_rows) if job.dedup else DedupPlan(tuple(callable_rows), {}, {})
+    dedup: DedupPlan = plan(requests, callable_rows) if job.dedup else DedupPlan(tuple(callable_rows), {}, {})
     spend = counter_for(job.spend_cap, coordinator) if job.spend_cap is not None else None
 
     # The journal closes (saving finished rows) before the report does, so a
     # partition that no longer counts as running has nothing left unsaved.
     with report, saved.journal() if saved is not None else contextlib.nullcontext() as journal:
-
         for k in unrenderable:
             if journal is not None:
                 journal.add(todo[k], outcomes[todo[k]])
@@ -202,7 +229,7 @@ def _result(frame: pd.DataFrame, cols: OutputColumns, fields: pd.DataFrame) -> p
     if cols.structured is not None:
         # Typed columns are parsed from the raw answer of each successful row.
         ok = fields["error"].isna().to_numpy()
-        texts = [t if good else None for t, good in zip(fields["text"].tolist(), ok)]
+        texts = [t if good else None for t, good in zip(fields["text"].tolist(), ok, strict=False)]
         outputs = pd.concat([outputs, cols.structured.to_columns(texts, frame.index)], axis=1)
     return pd.concat([frame, outputs], axis=1)
 
@@ -271,8 +298,7 @@ class _Pool:
             self._stop = handle.stop
             self.spend.stop = handle.stop
             threads = [
-                threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True)
-                for k in range(self.n_threads)
+                threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True) for k in range(self.n_threads)
             ]
             for t in threads:
                 t.start()
@@ -335,9 +361,10 @@ class _Pool:
             ok=lambda o: o is not None and o.ok,
             share=job.run_id if job.dedup else None,
             cache=job.cache,
-            from_cache=lambda hit: Outcome(text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0,
-                                           finished_at=time.time()),
-            to_cache=lambda o: CachedAnswer(o.text, o.prompt_tokens, o.completion_tokens),
+            from_cache=lambda hit: Outcome(
+                text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0, finished_at=time.time()
+            ),
+            to_cache=_cached,
             stop=self._stop,
         )
 
@@ -467,6 +494,12 @@ class _Pool:
         if not outcome.ok and self.job.on_error == "raise":
             label = self.labels[i] if self.labels is not None else i
             raise RowError(f"row {label!r} failed: {outcome.error}", row=label)
+
+
+def _cached(outcome: Outcome | None) -> CachedAnswer:
+    """What the response cache keeps of a (successful) outcome."""
+    assert outcome is not None and outcome.text is not None
+    return CachedAnswer(outcome.text, outcome.prompt_tokens, outcome.completion_tokens)
 
 
 def _join_briefly(threads: Sequence[threading.Thread], timeout: float = 2.0) -> None:

@@ -86,14 +86,14 @@ def task_released() -> bool:
     wanted (cancelled or released by the scheduler); ``False`` elsewhere."""
     try:
         from distributed import get_worker
-        from distributed.worker import thread_state
+        from distributed import worker as worker_module
     except ImportError:  # pragma: no cover - distributed is a dependency
         return False
     try:
         worker = get_worker()
     except ValueError:
         return False
-    key = getattr(thread_state, "key", None)
+    key = getattr(getattr(worker_module, "thread_state", None), "key", None)
     if key is None:
         return False
     ts = worker.state.tasks.get(key)

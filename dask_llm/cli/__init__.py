@@ -98,9 +98,7 @@ _argv: list[str] = []
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and cluster logs")
-    parser = _Parser(
-        prog="dask-llm", description="Enrich large dataframes with LLM output.", parents=[common]
-    )
+    parser = _Parser(prog="dask-llm", description="Enrich large dataframes with LLM output.", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser(

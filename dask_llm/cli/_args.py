@@ -46,7 +46,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     how = parser.add_argument_group("how fast")
     how.add_argument("--threads", type=int, default=16, help="concurrent calls per partition (default: %(default)s)")
-    how.add_argument("--max-attempts", type=int, default=6, help="calls per row at most, retries included (default: %(default)s)")
+    how.add_argument(
+        "--max-attempts", type=int, default=6, help="calls per row at most, retries included (default: %(default)s)"
+    )
     how.add_argument("--max-concurrency", type=int, help="most calls in flight across the cluster")
     how.add_argument("--rpm", type=float, help="requests per minute across the cluster")
     how.add_argument("--tpm", type=float, help="tokens per minute across the cluster")
@@ -63,6 +65,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="partitions at once: threads (threads) or worker processes (local) (default: %(default)s)",
     )  # fmt: skip
     how.add_argument("--partitions", type=int, help="split INPUT into this many partitions")
+    how.add_argument(
+        "--engine", choices=("dask", "spark"), default="dask",
+        help="dask (default) or spark (a Spark session; pip install 'dask-llm[spark]')",
+    )  # fmt: skip
+    how.add_argument("--master", help="with --engine spark: the Spark master, e.g. local[4] (default: local[*])")
     keep = parser.add_argument_group("keeping work")
     keep.add_argument("--checkpoint", help="folder or URL that makes the run resumable")
     keep.add_argument("--retry-errors", action="store_true", help="with --checkpoint: call failed rows again")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._calls._client import Kind, classify, complete
-from ._run import resolve_endpoint
 from .._config import Endpoint
 from .._errors import AuthenticationError, ConfigError, EndpointUnreachableError, ModelNotFoundError
+from ._run import resolve_endpoint
 
 __all__ = ["Step", "run", "sweep"]
 
@@ -171,7 +171,10 @@ def endpoint_call(endpoint: Endpoint, model: str, prompt: str, max_tokens: int |
 
 
 def format_table(steps: list[Step]) -> str:
-    head = f"{'in flight':>9} {'calls':>6} {'ok':>6} {'429':>5} {'errors':>6} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'calls/s':>8}"
+    head = (
+        f"{'in flight':>9} {'calls':>6} {'ok':>6} {'429':>5} {'errors':>6} "
+        f"{'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'calls/s':>8}"
+    )
     rows = [head]
     for s in steps:
         rows.append(

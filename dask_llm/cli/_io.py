@@ -35,11 +35,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._core._store import open_store
 from .._core._schema import OutputColumns
+from .._core._store import open_store
 from .._cost._summary import RunSummary
 
-__all__ = ["Format", "Output", "TOTALS", "format_of", "partition_totals", "read_input"]
+__all__ = ["TOTALS", "Format", "Output", "format_of", "partition_totals", "read_input"]
 
 Format = Literal["parquet", "csv", "jsonl"]
 
@@ -210,7 +210,9 @@ class Output:
         """Join the parts of a single-file output into OUTPUT, in order."""
         if not self.single_file:
             return
-        names = sorted(n for n in self._fs.ls(self._parts_root, detail=False) if posixpath.basename(n).startswith("part-"))
+        names = sorted(
+            n for n in self._fs.ls(self._parts_root, detail=False) if posixpath.basename(n).startswith("part-")
+        )
         with self._fs.open(self._root, "wb", compression=_compression(self.path)) as target:
             if self.format == "csv":
                 target.write(pd.DataFrame(columns=columns).to_csv(index=False).encode())

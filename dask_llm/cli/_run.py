@@ -13,6 +13,7 @@ command that resumes the run (exit 130).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import signal
@@ -26,16 +27,16 @@ import pandas as pd
 
 from .._api import enrich
 from .._budget import Budget
-from .._core._store import open_store
-from ._scheduler import Scheduler, open_scheduler
 from .._config import Endpoint, RetryPolicy
-from .._errors import ConfigError
-from ._io import TOTALS, Output, read_input
-from .._cost._pricing import price_for
-from .._run._progress import ProgressChannel, Snapshot, Tally, cancel, collect
-from ._progress_line import ProgressPrinter
 from .._core._schema import OutputColumns
+from .._core._store import open_store
+from .._cost._pricing import price_for
 from .._cost._summary import RunSummary
+from .._errors import ConfigError
+from .._run._progress import ProgressChannel, Snapshot, Tally, cancel, collect
+from ._io import TOTALS, Output, read_input
+from ._progress_line import ProgressPrinter
+from ._scheduler import Scheduler, open_scheduler
 
 __all__ = ["RUN_INFO", "parse_storage_options", "resume_command", "run"]
 
@@ -105,7 +106,7 @@ def resume_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             words.append(str(value))
             continue
         flag = max(action.option_strings, key=len)
-        if value is None or value == action.default and not isinstance(value, list):
+        if value is None or (value == action.default and not isinstance(value, list)):
             continue
         if isinstance(action, argparse._StoreTrueAction):
             if value:
@@ -156,18 +157,27 @@ def summarize(totals: pd.DataFrame, model: str, wall: float, this_run: Snapshot 
     counted = totals["rate_limited"].dropna()
     sums["rate_limited"] = int(counted.sum()) if len(counted) else None
     price = price_for(model)
+    summary = RunSummary(
+        **sums, cost=price.cost(sums["prompt_tokens"], sums["completion_tokens"]) if price else None, model=model
+    )
+    return summarize_run(summary, wall, this_run)
+
+
+def summarize_run(summary: RunSummary, wall: float, this_run: Snapshot | None = None) -> RunSummary:
+    """``summary`` with the wall time and the achieved rates of this run:
+    calls and tokens it made itself (``this_run``), per minute of ``wall``."""
     per_minute = 60.0 / wall if wall > 0 else None
-    return RunSummary(
-        **sums,
-        cost=price.cost(sums["prompt_tokens"], sums["completion_tokens"]) if price else None,
-        model=model,
+    calls = this_run.calls if this_run else summary.calls
+    tokens = (
+        this_run.prompt_tokens + this_run.completion_tokens
+        if this_run
+        else summary.prompt_tokens + summary.completion_tokens
+    )
+    return dataclasses.replace(
+        summary,
         wall_time=wall,
-        rpm=(this_run.calls if this_run else sums["calls"]) * per_minute if per_minute else None,
-        tpm=(
-            (this_run.prompt_tokens + this_run.completion_tokens if this_run
-             else sums["prompt_tokens"] + sums["completion_tokens"]) * per_minute
-            if per_minute else None
-        ),  # fmt: skip
+        rpm=calls * per_minute if per_minute else None,
+        tpm=tokens * per_minute if per_minute else None,
     )
 
 
@@ -222,6 +232,18 @@ def run(args: argparse.Namespace) -> int:
     budget: Budget | bool | None = False if args.no_budget else None  # None: the adaptive default
     if args.max_concurrency or args.rpm or args.tpm:
         budget = Budget(max_concurrency=args.max_concurrency, rpm=args.rpm, tpm=args.tpm)
+    if getattr(args, "engine", "dask") == "spark":
+        from ._spark import run_spark
+
+        spark_kwargs: dict[str, Any] = dict(
+            endpoint=endpoint, system=args.system, threads=args.threads, temperature=args.temperature,
+            max_tokens=args.max_tokens, budget=budget, checkpoint=args.checkpoint,
+            storage_options=options if args.checkpoint else None,
+            retry_errors=args.retry_errors, overwrite=args.overwrite,
+            retry=RetryPolicy(max_attempts=args.max_attempts), progress=ProgressChannel.new(),
+        )  # fmt: skip
+        _stop_on_sigterm()
+        return run_spark(args, spark_kwargs)
     ddf = read_input(args.input, options, args.partitions)
     output = Output(args.output, options)
     output.check(args.input)
@@ -277,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(summary, tally.snapshot(), args.output, sys.stdout)
     if summary.rows_failed:
         hint = (
-            f"rerun the same command with --retry-errors to call them again"
+            "rerun the same command with --retry-errors to call them again"
             if args.checkpoint else "their errors are in the column " + repr(outputs.error)
         )  # fmt: skip
         err.write(f"dask-llm run: {summary.rows_failed:,} of {summary.rows:,} rows failed; {hint}\n")
@@ -346,8 +368,7 @@ def _print_interrupted(args: argparse.Namespace, snap: Snapshot, err: Any) -> No
     err.write(f"dask-llm run: interrupted; {snap.done:,} of {snap.total or 0:,} rows finished.\n")
     if args.checkpoint:
         err.write(
-            f"Finished rows are saved in the checkpoint {args.checkpoint}; resume with:\n"
-            f"  {_resume_hint(args)}\n"
+            f"Finished rows are saved in the checkpoint {args.checkpoint}; resume with:\n  {_resume_hint(args)}\n"
         )
     else:
         err.write(
@@ -380,4 +401,3 @@ def _save_run_info(args: argparse.Namespace, options: Mapping[str, Any], total: 
         open_store(args.checkpoint, options).write(RUN_INFO, json.dumps(info, indent=2).encode())
     except Exception:
         pass
-

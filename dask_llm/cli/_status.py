@@ -20,8 +20,8 @@ from typing import Any
 from .._checkpoint import MANIFEST
 from .._checkpoint._ledger import LedgerIndex
 from .._core._store import open_store
-from ._run import RUN_INFO, cost_function, parse_storage_options
 from ._progress_line import format_count
+from ._run import RUN_INFO, cost_function, parse_storage_options
 
 __all__ = ["CheckpointStatus", "read_status", "run"]
 

@@ -224,16 +224,17 @@ def _fit(node: Mapping[str, Any], root: Mapping[str, Any], canonical: str, label
         props = node.get("properties") or {}
         return {k: _fit(v, root, canonical, label, f"{path}.{k}", depth + 1) for k, v in props.items()}
     if kind == "array" and depth < 16:
-        items = node.get("items") if isinstance(node.get("items"), Mapping) else {"type": "string"}
+        raw_items = node.get("items")
+        items: Mapping[str, Any] = raw_items if isinstance(raw_items, Mapping) else {"type": "string"}
         return [_fit(items, root, canonical, label, f"{path}[{i}]", depth + 1) for i in range(1 + draw % 3)]
     if kind == "integer":
         low = int(node.get("minimum", 0))
         high = int(node.get("maximum", low + 10))
         return low + draw % (max(high, low) - low + 1)
     if kind == "number":
-        low = float(node.get("minimum", 0.0))
-        high = float(node.get("maximum", 1.0 if low <= 0 else low + 1.0))
-        return round(low + (max(high, low) - low) * (draw % 1001) / 1000, 3)
+        f_low = float(node.get("minimum", 0.0))
+        f_high = float(node.get("maximum", 1.0 if f_low <= 0 else f_low + 1.0))
+        return round(f_low + (max(f_high, f_low) - f_low) * (draw % 1001) / 1000, 3)
     if kind == "boolean":
         return bool(draw % 2)
     if kind == "null":

@@ -114,7 +114,7 @@ def validate_input(content: bytes, endpoint: str) -> tuple[list[BatchLine], str 
             seen.add(custom_id)
             model = body["model"]
             messages = body.get("messages")
-            tokens = prompt_tokens(messages) if _is_message_list(messages) else 0
+            tokens = prompt_tokens(messages) if messages is not None and _is_message_list(messages) else 0
             lines.append(BatchLine(number, custom_id, body, tokens))
     if not lines and not errors:
         error("empty_file", "The batch input file is empty.", None)

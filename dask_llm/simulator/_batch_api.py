@@ -98,11 +98,11 @@ class BatchApi:
         self.advance()
         if kind == "files":
             if action == "cancel":
-                return _not_found(request)
+                return _not_found(request).response()
             result = self._files(request.method, item, action, request, query)
         else:
             if action == "content":
-                return _not_found(request)
+                return _not_found(request).response()
             result = self._batches(request.method, item, action, request, query)
         return result.response() if isinstance(result, ApiError) else result
 

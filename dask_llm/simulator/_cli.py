@@ -67,9 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.rate_limit_style,
         help="how every 429 hints when to retry (default: %(default)s)",
     )
-    parser.add_argument(
-        "--always-429", action="store_true", help="answer every chat request 429 and never admit it"
-    )
+    parser.add_argument("--always-429", action="store_true", help="answer every chat request 429 and never admit it")
     parser.add_argument(
         "--drip-rate", type=float, default=defaults.drip_rate, help="share of bodies trickled one byte at a time"
     )

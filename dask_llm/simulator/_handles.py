@@ -235,9 +235,7 @@ class SimulatorProcess(_Handle):
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self._process = subprocess.Popen(
-            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-        )
+        self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         try:
             line = self._read_line(time.monotonic() + _TIMEOUT)
             if not line.startswith(LISTENING_PREFIX):
