@@ -27,6 +27,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AuthenticationError",
+    "BatchAPI",
     "Budget",
     "CheckpointError",
     "ConfigError",
@@ -64,6 +65,7 @@ _WHERE = {
     "Endpoint": "._config",
     "RetryPolicy": "._config",
     "Budget": "._budget",
+    "BatchAPI": "._batchapi",
     "OutputColumns": "._core._schema",
     "Price": "._cost._pricing",
     "ResponseCache": "._cost._cache",
@@ -94,6 +96,7 @@ _accessor.install()
 
 if TYPE_CHECKING:
     from ._api import enrich
+    from ._batchapi import BatchAPI
     from ._budget import Budget
     from ._config import Endpoint, RetryPolicy
     from ._core._schema import OutputColumns

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._batchapi import BatchAPI
 from ._budget import Budget, adaptive_budget
 from ._checkpoint import RunSpec, open_checkpoint
 from ._config import Endpoint, RetryPolicy
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     import pandas as pd
 
-__all__ = ["enrich"]
+__all__ = ["enrich", "run_fingerprint"]
 
 Frame = TypeVar("Frame", "pd.DataFrame", "dd.DataFrame")
 
@@ -60,6 +61,7 @@ def enrich(
     progress: ProgressChannel | None = None,
     key: str | Sequence[str] | None = None,
     coordinator: str | None = None,
+    batch: bool | BatchAPI | None = None,
 ) -> Frame:
     """Add a column of LLM answers, one chat completion per row.
 
@@ -155,6 +157,15 @@ def enrich(
     progress : ProgressChannel, optional
         Where partitions report their rows as they finish, for a live
         progress display (``dask-llm run`` uses it; see ``dask_llm._run._progress``).
+    batch : bool or BatchAPI, optional
+        Send the rows through the OpenAI Batch API (half the price; answers
+        within ``completion_window``, 24 h) instead of synchronous calls:
+        ``True`` for the defaults, or a :class:`BatchAPI` for options. Every
+        partition submits its batches before any waits for them; with
+        ``checkpoint`` each batch is recorded the moment it exists, so a
+        re-run re-attaches to the batches instead of creating new ones
+        (without a checkpoint, it finds them by their metadata). pandas and
+        dask frames.
     coordinator : str, optional
         Spark only: the address (``tcp://host:port``) of a running dask-llm
         coordinator (a ``distributed`` scheduler) that every executor can
@@ -236,6 +247,7 @@ def enrich(
     job = _with_accounting(job, df, output, spend_cap, prices, dedup, cache)
     job = _with_checkpoint(job, df, checkpoint, storage_options, retry_errors, overwrite, key)
     engine = engine_for(df)
+    job = _with_batch(job, batch, engine, spend_cap, cache)
     if coordinator is not None and engine != "spark":
         raise ConfigError("coordinator= is for Spark frames; a Dask job's coordinator is its scheduler")
     if engine == "pandas":
@@ -297,6 +309,57 @@ def _make_job(
         threads=threads,
         retry=retry or RetryPolicy(),
         on_error=on_error,  # type: ignore[arg-type]
+    )
+
+
+def _with_batch(
+    job: Job, batch: bool | BatchAPI | None, engine: str | None, spend_cap: SpendCap | None, cache: Any
+) -> Job:
+    """``job`` sent through the Batch API, when asked for and possible."""
+    job = dataclasses.replace(job, run_spec=_spec(job).fingerprint)
+    if batch is None or batch is False:
+        return job
+    options = BatchAPI() if batch is True else batch
+    if not isinstance(options, BatchAPI):
+        raise ConfigError(f"batch= must be True or a dask_llm.BatchAPI, got {type(batch).__name__}")
+    if engine == "spark":
+        raise ConfigError("batch= is not available on Spark frames yet; use a pandas or dask frame")
+    if spend_cap is not None:
+        raise ConfigError("spend_cap= does not apply to batch=: a batch is billed as a whole, not per call")
+    if cache is not None:
+        raise ConfigError("cache= does not apply to batch=: the batch's answers are kept by the checkpoint")
+    price = job.price.for_batch() if job.price is not None else None
+    return dataclasses.replace(job, batch=options, price=price)
+
+
+def run_fingerprint(
+    df: Any,
+    prompt: str,
+    column: str,
+    model: str,
+    *,
+    endpoint: Endpoint | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> str:
+    """The fingerprint of what decides the answers of
+    ``enrich(df, prompt, column, model, ...)``: what names its batches at
+    the provider (``dask-llm run --batch --cancel`` finds them by it)."""
+    job = _make_job(df, prompt, column, model, endpoint=endpoint, system=system, threads=1, temperature=temperature,
+                    max_tokens=max_tokens, params=params, retry=None, on_error="store")  # fmt: skip
+    return _spec(job).fingerprint
+
+
+def _spec(job: Job) -> RunSpec:
+    """What decides the answers of the job."""
+    return RunSpec(
+        prompt=job.prompt.template,
+        system=job.prompt.system,
+        model=job.model,
+        params=job.params,
+        columns={name: str(dtype) for name, dtype in job.outputs.dtypes.items()},
     )
 
 
@@ -370,13 +433,7 @@ def _with_checkpoint(
             raise ConfigError(f"key= names column(s) {', '.join(map(repr, missing))} that the frame does not have")
     if not isinstance(checkpoint, (str, os.PathLike)) or not os.fspath(checkpoint):
         raise ConfigError(f"checkpoint= must be a path or URL, got {checkpoint!r}")
-    spec = RunSpec(
-        prompt=job.prompt.template,
-        system=job.prompt.system,
-        model=job.model,
-        params=job.params,
-        columns={name: str(dtype) for name, dtype in job.outputs.dtypes.items()},
-    )
+    spec = _spec(job)
     opened = open_checkpoint(
         checkpoint,
         storage_options,

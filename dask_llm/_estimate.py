@@ -122,6 +122,7 @@ def estimate(
     budget: Budget | None = None,
     threads: int = 16,
     latency: float = 1.0,
+    batch: bool = False,
 ) -> Estimate:
     """Estimate a run of ``enrich(df, prompt, ..., model=model)`` without calling the model.
 
@@ -144,6 +145,10 @@ def estimate(
         Threads per partition, as for ``enrich``.
     latency : float
         Seconds one call takes (measure a few; the simulator's default is 1).
+    batch : bool
+        The run will use the Batch API (``enrich(batch=...)``): priced at its
+        price, half the synchronous one; the wall time is then the batch's
+        turnaround (up to its completion window), not estimated here.
 
     Returns
     -------
@@ -183,6 +188,8 @@ def estimate(
     completion = (per_call[0] * calls, per_call[1] * calls)
 
     price = price_for(model, prices)
+    if price is not None and batch:
+        price = price.for_batch()
     cost = None
     if price is not None:
         cost = (

@@ -14,8 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import openai
 import pandas as pd
 import pytest
 
@@ -226,6 +228,92 @@ def test_ctrl_c_keeps_finished_rows_and_the_printed_command_resumes(start_sim, t
     assert out["label"].tolist() == answers(frame)
     # Rows saved before Ctrl+C were not paid for again.
     assert sim.stats()["successes"] - called_before == 300 - saved
+
+
+def _interrupt_once(argv: list[str], ready: Callable[[], bool]) -> tuple[int, str]:
+    """Start ``dask-llm`` in a session of its own, SIGINT the group once ``ready()``; (exit status, stderr)."""
+    proc = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env(), start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode, stderr
+
+
+def _batches(sim) -> list:
+    client = openai.OpenAI(base_url=sim.url, api_key=API_KEY, max_retries=0)
+    return list(client.batches.list(limit=100))
+
+
+def test_batch_ctrl_c_leaves_the_batches_and_the_printed_command_collects_them(start_sim, tmp_path):
+    sim = start_sim(batch_turnaround=6.0)
+    frame = tickets(240)
+    frame.to_parquet(tmp_path / "in.parquet")
+    ckpt = tmp_path / "ckpt"
+    argv = run_args(sim, tmp_path / "in.parquet", tmp_path / "out.csv", "--checkpoint", str(ckpt), "--batch",
+                    "--batch-poll-interval", "0.2", "--partitions", "4", "--workers", "2")  # fmt: skip
+    code, stderr = _interrupt_once(argv, lambda: len(_batches(sim)) == 4)
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert "4 batches keep running at the provider" in stderr, stderr
+    collect = re.search(r"same command .*:\n  (dask-llm run .*)\n", stderr)
+    assert collect and "--batch" in collect.group(1), stderr
+    assert re.search(r"cancel them with:\n  dask-llm run .* --batch .*--cancel\n", stderr), stderr
+
+    status = dask_llm("status", str(ckpt))
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^batches: 4 \(.*\); requests [\d,]+/240 answered", status.stdout, re.M), status.stdout
+
+    command = shlex.join(dask_llm_command()) + collect.group(1).removeprefix("dask-llm")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**clean_env(), "OPENAI_API_KEY": API_KEY})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == answers(frame)
+    assert len(_batches(sim)) == 4, "re-attached: no new batch"
+    assert set(sim.stats()["success_by_prompt"].values()) == {1}, "no row paid twice"
+    assert re.search(r"batches 4/4 ended, 240/240 answered", done.stderr), done.stderr
+    status = dask_llm("status", str(ckpt))
+    assert "batches: 4 (4 completed); requests 240/240 answered" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_batch_cancel_stops_the_batches_and_a_rerun_pays_only_the_rest(start_sim, tmp_path):
+    sim = start_sim(batch_turnaround=20.0)  # ends long after the cancel (a CLI start takes seconds)
+    frame = tickets(120)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    # No checkpoint: the batches are found by their metadata.
+    argv = run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--batch", "--batch-poll-interval", "0.2",
+                    "--partitions", "2")  # fmt: skip
+
+    def half_answered() -> bool:
+        made = _batches(sim)
+        return len(made) == 2 and all(b.request_counts.completed > 10 for b in made)
+
+    code, stderr = _interrupt_once(argv, half_answered)
+    assert code == 130, stderr
+    cancelled = dask_llm(*argv, "--cancel")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelling 2 of the run's 2 batches" in cancelled.stdout, cancelled.stdout
+    deadline = time.monotonic() + 30
+    while {b.status for b in _batches(sim)} != {"cancelled"}:
+        assert time.monotonic() < deadline, [b.status for b in _batches(sim)]
+        time.sleep(0.1)
+    paid = sim.stats()["successes"]
+    assert 20 < paid < 120
+
+    done = dask_llm(*argv)
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == answers(frame)
+    assert set(sim.stats()["success_by_prompt"].values()) == {1}, "the cancelled batches' answers were kept"
+    follow_ups = [b for b in _batches(sim) if b.status != "cancelled"]
+    assert sum(b.request_counts.total for b in follow_ups) == 120 - paid  # only the rest went again
 
 
 @pytest.mark.slow

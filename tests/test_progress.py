@@ -129,8 +129,27 @@ def test_render_shows_what_a_user_watches():
     assert format_duration(3723) == "1h02m" and format_duration(75) == "1m15s"
 
 
+@pytest.mark.parametrize("width", [200, 100, 72, 40, 24])
+def test_render_fits_the_terminal_and_keeps_what_matters_most(width):
+    snap = Snapshot(total=10_000, elapsed=30.0, rows=1200, restored=50, errors=1, rate_limited=3, prompt_tokens=31332,
+                    completion_tokens=1200, batches=6, batches_done=2, batch_requests=1200, batch_completed=400)  # fmt: skip
+    line = render(snap, cost=0.0123, bar_width=20, width=width)
+    assert len(line) <= width
+    assert line.startswith(("[", "rows 1,250/10,000"))
+    full = render(snap, cost=0.0123)
+    if width >= 40:
+        assert "ETA 3m39s" in line
+    if width >= 100:
+        assert "batches 2/6 ended, 400/1,200 answered" in line
+    if width < len(full):
+        assert "tokens" not in line  # the least telling part goes first
+    if width == 200:
+        assert line == full.replace("rows 1,250", "[##..................] rows 1,250", 1)
+
+
 @pytest.mark.parametrize("tty", [True, False])
-def test_printer_redraws_on_a_terminal_and_prints_lines_elsewhere(tty):
+def test_printer_redraws_on_a_terminal_and_prints_lines_elsewhere(tty, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # what shutil.get_terminal_size() reads first
     tally = Tally(total=10)
     tally.add({"rows": 4})
     stream = io.StringIO()
@@ -141,5 +160,11 @@ def test_printer_redraws_on_a_terminal_and_prints_lines_elsewhere(tty):
     if tty:
         assert text.startswith("\r[") and "\x1b[K" in text and text.endswith("\n")
         assert text.count("\n") == 1
+        monkeypatch.setenv("COLUMNS", "30")
+        narrow = io.StringIO()
+        with ProgressPrinter(tally, narrow, tty=True, interval=0.01):
+            threading.Event().wait(0.05)
+        redraws = narrow.getvalue().strip("\n").split("\r")[1:]
+        assert redraws and all(len(r.removesuffix("\x1b[K")) < 30 for r in redraws)
     else:
         assert "\r" not in text and text.splitlines()[-1].startswith("rows 4/10 (40%)")

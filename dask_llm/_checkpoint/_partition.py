@@ -118,6 +118,10 @@ class Checkpoint:
     retry_errors: bool = False
     width: int = 5
 
+    def store(self) -> Store:
+        """The checkpoint's storage, opened in this process."""
+        return _open(self)
+
     def partition(
         self,
         frame: pd.DataFrame,

@@ -48,6 +48,14 @@ class Price:
         """USD for so many prompt and completion tokens."""
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
+    def for_batch(self) -> Price:
+        """The Batch API's price: half of both (OpenAI's and Azure's global batch)."""
+        return Price(self.input * BATCH_DISCOUNT, self.output * BATCH_DISCOUNT)
+
+
+#: What the Batch API charges of the synchronous price.
+BATCH_DISCOUNT = 0.5
+
 
 PriceTable = Mapping[str, Price | tuple[float, float]]
 

@@ -83,6 +83,7 @@ class RunSummary:
         model: str | None = None,
         prices: PriceTable | None = None,
         wall_time: float | None = None,
+        batch: bool = False,
     ) -> RunSummary:
         """Summarize the output of ``enrich(..., column=column)``; see :func:`summarize`."""
         names = {
@@ -111,6 +112,8 @@ class RunSummary:
         completion = int(part[names["completion"]].fillna(0).sum())
         rate_limited = int(part[names["rate_limited"]].sum()) if names["rate_limited"] in part.columns else None
         price = price_for(model, prices) if model is not None else None
+        if price is not None and batch:
+            price = price.for_batch()
         calls = int(attempts.sum())
         per_minute = 60.0 / wall_time if wall_time else None
         return cls(
@@ -160,6 +163,7 @@ def summarize(
     model: str | None = None,
     prices: Mapping[str, Any] | None = None,
     wall_time: float | None = None,
+    batch: bool = False,
 ) -> RunSummary:
     """The :class:`RunSummary` of an enrichment's output.
 
@@ -179,9 +183,12 @@ def summarize(
         million tokens), consulted before the built-in table.
     wall_time : float, optional
         Seconds the run took, for the achieved calls and tokens per minute.
+    batch : bool
+        The rows were answered through the Batch API: priced at its price
+        (half the synchronous one).
 
     Returns
     -------
     RunSummary
     """
-    return RunSummary.from_frame(frame, column, model=model, prices=prices, wall_time=wall_time)
+    return RunSummary.from_frame(frame, column, model=model, prices=prices, wall_time=wall_time, batch=batch)

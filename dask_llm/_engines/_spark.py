@@ -114,8 +114,8 @@ def enrich_spark(sdf: Any, job: Job, *, coordinator: str | None = None) -> Any:
 
         context = TaskContext.get()
         number = context.partitionId() if context is not None else 0
-        for batch in batches:
-            table = enrich_batch(pa.Table.from_batches([batch]), job, number=number)
+        for i, batch in enumerate(batches):
+            table = enrich_batch(pa.Table.from_batches([batch]), job, number=number, part=f"{number}.{i}")
             yield from table.select(arrow_schema.names).cast(arrow_schema).to_batches()
 
     with warnings.catch_warnings():

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._batchapi import BatchAPI
 from .._budget import Budget
 from .._checkpoint import Checkpoint
 from .._config import Endpoint, RetryPolicy
@@ -49,6 +50,11 @@ class Job:
     #: Address of the job's coordinator when the engine has no scheduler of
     #: its own (Spark); ``None``: the one of the thread running the batch.
     coordinator: str | None = None
+    #: The OpenAI Batch API instead of synchronous calls (``enrich(batch=...)``).
+    batch: BatchAPI | None = None
+    #: Fingerprint of what decides the answers (prompt, model, parameters,
+    #: columns): names the run's batches at the provider.
+    run_spec: str = ""
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         # Every enrich() call gets a fresh run_id: a token of its own, cheap,

@@ -50,8 +50,31 @@ __all__ = [
 ]
 
 #: What a batch counts: rows called, rows restored from a checkpoint, rows
-#: that failed, tokens, calls (attempts) and 429 answers.
-COUNTS = ("rows", "restored", "errors", "prompt_tokens", "completion_tokens", "calls", "rate_limited")
+#: that failed, tokens, calls (attempts) and 429 answers. The per-row counts
+#: travel as each partition attempt's running totals (under :data:`PARTS`),
+#: so that a restarted partition's rows are counted once; the others (what
+#: was spent) as increments.
+COUNTS = (
+    "rows",
+    "restored",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "calls",
+    "rate_limited",
+    # With the Batch API: batches created and ended, their requests, and how
+    # many of those the provider reports done.
+    "batches",
+    "batches_done",
+    "batch_requests",
+    "batch_completed",
+)
+
+
+#: Counted once per row, per partition attempt.
+_PER_ROW = frozenset({"rows", "restored", "errors"})
+#: The key of the per-partition running totals in a published batch.
+PARTS = "parts"
 
 
 class Cancelled(DaskLLMError):
@@ -132,13 +155,29 @@ class _Publisher:
         self.channel = channel
         self._send = send
         self._counts: Counter[str] = Counter()
+        self._parts: dict[str, list[Any]] = {}  # part -> [attempt, rows, restored, errors], cumulative
+        self._changed: set[str] = set()  # parts to send at the next flush
         self._lock = threading.Lock()
         self._last = 0.0
         self._timer: threading.Timer | None = None
 
-    def add(self, counts: Mapping[str, int]) -> None:
+    def add(self, counts: Mapping[str, int], part: tuple[str, str] | None = None) -> None:
+        """Add increments; the per-row ones (``rows``, ``restored``,
+        ``errors``) go to the cumulative counts of ``part`` (its label and
+        attempt) when given."""
         with self._lock:
-            self._counts.update(counts)
+            if part is None:
+                self._counts.update(counts)
+            else:
+                label, attempt = part
+                entry = self._parts.get(label)
+                if entry is None or entry[0] != attempt:
+                    entry = self._parts[label] = [attempt, 0, 0, 0]
+                entry[1] += counts.get("rows", 0)
+                entry[2] += counts.get("restored", 0)
+                entry[3] += counts.get("errors", 0)
+                self._changed.add(label)
+                self._counts.update({k: v for k, v in counts.items() if k not in _PER_ROW})
             if time.monotonic() - self._last < self.channel.interval:
                 # Too soon: make sure these counts leave within one interval,
                 # even if no other row finishes meanwhile.
@@ -151,8 +190,12 @@ class _Publisher:
 
     def flush(self) -> None:
         with self._lock:
-            batch = {k: v for k, v in self._counts.items() if v}
+            batch: dict[str, Any] = {k: v for k, v in self._counts.items() if v}
             self._counts.clear()
+            if self._changed:
+                # Cumulative: kept after sending, so each message holds a part's whole count so far.
+                batch[PARTS] = {label: list(self._parts[label]) for label in self._changed}
+                self._changed.clear()
             self._last = time.monotonic()
             self._timer = None
         if batch:
@@ -185,13 +228,15 @@ class PartitionProgress:
     what is still counted.
     """
 
-    def __init__(self, channel: ProgressChannel, coordinator: Coordinator, restored: int) -> None:
+    def __init__(self, channel: ProgressChannel, coordinator: Coordinator, restored: int, part: str) -> None:
         self.topic = channel.topic
         if self.topic in _cancelled:
             raise Cancelled("run cancelled")
         self._pub = _publisher(channel, coordinator)
-        if restored:
-            self._pub.add({"restored": restored})
+        # An attempt of this partition: a later one (a restarted task) replaces
+        # the earlier one's row counts instead of adding to them.
+        self._part = (part, f"{time.time():.6f}-{uuid.uuid4().hex[:6]}")
+        self._pub.add({"restored": restored}, self._part)
 
     def __enter__(self) -> PartitionProgress:
         with _registry_lock:
@@ -219,7 +264,8 @@ class PartitionProgress:
                 "completion_tokens": outcome.completion_tokens or 0,
                 "calls": outcome.attempts,
                 "rate_limited": getattr(outcome, "rate_limited", 0),
-            }
+            },
+            self._part,
         )
         if self.topic in _cancelled:
             raise Cancelled("run cancelled")
@@ -242,7 +288,7 @@ _SILENT = _Silent()
 
 
 def partition_progress(
-    channel: ProgressChannel | None, coordinator: Coordinator, restored: int = 0
+    channel: ProgressChannel | None, coordinator: Coordinator, restored: int = 0, part: str = "0"
 ) -> PartitionProgress | _Silent:
     """The reporter for a partition about to run, in the thread running its task.
 
@@ -252,6 +298,9 @@ def partition_progress(
         The run's channel; ``None``: no progress, a reporter that does nothing.
     coordinator : Coordinator
         Where the counts go (the scheduler, or this process).
+    part : str
+        The partition's label within the run: the rows of a partition are
+        counted once, whatever attempts of it run.
     restored : int
         Rows of the partition that a checkpoint already holds.
 
@@ -260,7 +309,7 @@ def partition_progress(
     Cancelled
         The run was cancelled before this partition started.
     """
-    return _SILENT if channel is None else PartitionProgress(channel, coordinator, restored)
+    return _SILENT if channel is None else PartitionProgress(channel, coordinator, restored, part)
 
 
 # ---------------------------------------------------------------- client side
@@ -284,6 +333,10 @@ class Snapshot:
     completion_tokens: int = 0
     calls: int = 0
     rate_limited: int = 0
+    batches: int = 0
+    batches_done: int = 0
+    batch_requests: int = 0
+    batch_completed: int = 0
 
     @property
     def done(self) -> int:
@@ -312,18 +365,28 @@ class Tally:
     def __init__(self, total: int | None = None) -> None:
         self.total = total
         self._counts: Counter[str] = Counter()
+        self._parts: dict[str, list[Any]] = {}  # part -> the latest attempt's cumulative row counts
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self._history: deque[tuple[float, int]] = deque()  # (time, rows) per snapshot
 
     def add(self, batch: Mapping[str, Any]) -> None:
         with self._lock:
+            # Per-row counts come per part (PARTS) from partitions; plain ones (no part) add up.
             self._counts.update({k: int(v) for k, v in batch.items() if k in COUNTS})
+            for label, entry in (batch.get(PARTS) or {}).items():
+                known = self._parts.get(label)
+                # The latest attempt of a partition is its whole story: a
+                # restarted task restores what the first one saved.
+                if known is None or str(entry[0]) >= str(known[0]):
+                    self._parts[label] = list(entry)
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
         with self._lock:
             counts = dict(self._counts)
+            for name, at in (("rows", 1), ("restored", 2), ("errors", 3)):
+                counts[name] = counts.get(name, 0) + sum(int(e[at]) for e in self._parts.values())
             rows = counts.get("rows", 0)
             history = self._history
             history.append((now, rows))

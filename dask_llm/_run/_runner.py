@@ -10,7 +10,8 @@ What stops a partition early:
 - an endpoint-wide failure (bad credentials, unknown model, nothing
   answering for several consecutive rows): one clear :class:`EndpointError`
   instead of a column full of identical errors;
-- with ``on_error="raise"``, the first row that fails after its retries.
+- with ``on_error="raise"``, the first row that fails after its retries
+  (the calls in flight get a grace to finish: they are paid for either way).
 
 Every other failure is data: the row's error column says what happened.
 """
@@ -52,7 +53,7 @@ from .._errors import (
 )
 from ._job import Job, Outcome
 from ._progress import Cancelled, partition_progress
-from ._stopping import Stoppable, running, task_released
+from ._stopping import STOP_GRACE, Stoppable, running, task_released
 
 __all__ = ["Batch", "enrich_batch", "run_rows", "to_columns"]
 
@@ -70,6 +71,7 @@ def enrich_batch(
     coordinator: Coordinator | None = None,
     number: int = 0,
     limiter: Limiter | None = None,
+    part: str | None = None,
 ) -> Batch:
     """A batch of rows with the output columns of ``job`` appended: the one
     engine-free step every engine maps over its partitions.
@@ -87,6 +89,9 @@ def enrich_batch(
         this process otherwise).
     number : int
         The partition's number, to name its checkpoint file (never to key it).
+    part : str, optional
+        The batch's label in the run's progress (default: ``number``): a
+        batch run again (a restarted task) replaces its earlier counts.
     limiter : Limiter, optional
         A request limiter instead of the budget's (tests, benchmarks).
 
@@ -98,26 +103,27 @@ def enrich_batch(
     """
     if isinstance(batch, (pa.Table, pa.RecordBatch)):
         return pa.Table.from_pandas(
-            enrich_batch(batch.to_pandas(), job, coordinator, number, limiter), preserve_index=False
+            enrich_batch(batch.to_pandas(), job, coordinator, number, limiter, part), preserve_index=False
         )
     frame = batch
     if coordinator is None:
         coordinator = connect(job.coordinator) if job.coordinator is not None else current_coordinator()
+    label = part if part is not None else str(number)
     # Checkpoint: rows already paid for are restored, not called.
     ckpt = job.checkpoint
     if ckpt is None:
-        return _enrich(frame, job, coordinator, None, limiter)
+        return _enrich(frame, job, coordinator, None, limiter, label)
     saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
                            partition_info={"number": number})  # fmt: skip
     if not saved.todo:
-        return _enrich(frame, job, coordinator, saved, limiter)
+        return _enrich(frame, job, coordinator, saved, limiter, label)
     if _wait_for_lease(coordinator, saved.key):
         # Another copy of these rows (a speculative task, a second action)
         # ran meanwhile: what it paid for is in the ledger now.
         saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
                                partition_info={"number": number})  # fmt: skip
     try:
-        return _enrich(frame, job, coordinator, saved, limiter)
+        return _enrich(frame, job, coordinator, saved, limiter, label)
     finally:
         coordinator.call("partition_release", key=saved.key)
 
@@ -137,11 +143,16 @@ def _wait_for_lease(coordinator: Coordinator, key: str) -> bool:
 
 
 def _enrich(
-    frame: pd.DataFrame, job: Job, coordinator: Coordinator, saved: PartitionCheckpoint | None, limiter: Limiter | None
+    frame: pd.DataFrame,
+    job: Job,
+    coordinator: Coordinator,
+    saved: PartitionCheckpoint | None,
+    limiter: Limiter | None,
+    part: str,
 ) -> pd.DataFrame:
     n = len(frame)
     todo = saved.todo if saved is not None else list(range(n))
-    report = partition_progress(job.progress, coordinator, restored=n - len(todo))  # a no-op without a channel
+    report = partition_progress(job.progress, coordinator, restored=n - len(todo), part=part)  # no-op without a channel
     if saved is not None and saved.complete:
         with report:
             return _result(frame, job.outputs, saved.records)
@@ -164,9 +175,15 @@ def _enrich(
     dedup: DedupPlan = plan(requests, callable_rows) if job.dedup else DedupPlan(tuple(callable_rows), {}, {})
     spend = counter_for(job.spend_cap, coordinator) if job.spend_cap is not None else None
 
-    # The journal closes (saving finished rows) before the report does, so a
-    # partition that no longer counts as running has nothing left unsaved.
-    with report, saved.journal() if saved is not None else contextlib.nullcontext() as journal:
+    # The journal closes (saving finished rows) before the report and the
+    # stop handle do, so a partition that no longer counts as running (for
+    # progress, or for a stop that waits) has nothing left unsaved.
+    topic = job.progress.topic if job.progress is not None else None
+    with (
+        running(topic) as handle,
+        report,
+        saved.journal() if saved is not None else contextlib.nullcontext() as journal,
+    ):
         for k in unrenderable:
             if journal is not None:
                 journal.add(todo[k], outcomes[todo[k]])
@@ -185,7 +202,7 @@ def _enrich(
 
         labels = frame.index[todo].tolist() if len(todo) < n else frame.index.tolist()
         limiter = limiter or limiter_for(job.budget, coordinator)
-        run_rows(requests, dedup.leaders, job, store, limiter, labels=labels, spend=spend)
+        run_rows(requests, dedup.leaders, job, store, limiter, labels=labels, spend=spend, handle=handle)
     fields = _fields(saved.records if saved is not None else None, outcomes, n)
     result = _result(frame, job.outputs, fields)
     # A partition with rows left by the spend cap stays uncommitted (its
@@ -248,17 +265,27 @@ def run_rows(
     limiter: Limiter,
     labels: Sequence[Any] | None = None,
     spend: SpendCounter | None = None,
+    handle: Stoppable | None = None,
 ) -> None:
     """Call the model for ``requests[i]`` for each ``i`` in ``rows``, with
     ``job.threads`` threads, and hand every outcome to ``on_outcome(i, outcome)``
     (from the thread that made the call) as soon as it is known.
+
+    ``handle`` is how the pool is stopped (see :func:`~._stopping.running`):
+    the caller's, when it must count as running until it has saved the
+    outcomes too; by default one of the pool's own.
 
     Raises the first endpoint-wide error, or with ``on_error="raise"`` the
     first :class:`RowError`; the outcomes handed over before it stand.
     """
     if not rows:
         return
-    _Pool(requests, rows, job, on_outcome, limiter, labels, spend).run()
+    pool = _Pool(requests, rows, job, on_outcome, limiter, labels, spend)
+    if handle is not None:
+        pool.run(handle)
+        return
+    with running(job.progress.topic if job.progress is not None else None) as own:
+        pool.run(own)
 
 
 class _Pool:
@@ -288,41 +315,42 @@ class _Pool:
         self._connect_streak = 0
         self.breaker = breaker_for(job.endpoint, job.run_id)
         self._handle: Stoppable | None = None
+        # Set when the pool stops: _draining at once (no new call or wait),
+        # _stop after a grace (cuts the calls in flight); see _stopping.
+        self._draining = threading.Event()
         self._stop = threading.Event()
-        self.spend = SpendGate(job.spend_cap, spend, job.price, self._stop)
+        self.spend = SpendGate(job.spend_cap, spend, job.price, self._draining)
 
-    def run(self) -> None:
-        topic = self.job.progress.topic if self.job.progress is not None else None
-        with running(topic) as handle:
-            self._handle = handle
-            self._stop = handle.stop
-            self.spend.stop = handle.stop
-            threads = [
-                threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True) for k in range(self.n_threads)
-            ]
+    def run(self, handle: Stoppable) -> None:
+        self._handle = handle
+        self._draining, self._stop = handle.draining, handle.stop
+        self.spend.stop = handle.draining
+        threads = [
+            threading.Thread(target=self._work, name=f"dask-llm-{k}", daemon=True) for k in range(self.n_threads)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            # Short joins keep the calling thread responsive to Ctrl+C
+            # and to a task that the cluster no longer wants.
             for t in threads:
-                t.start()
-            try:
-                # Short joins keep the calling thread responsive to Ctrl+C
-                # and to a task that the cluster no longer wants.
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
-                        if task_released():
-                            handle.request_stop("the task was cancelled")
-            except BaseException:
-                handle.request_stop("interrupted")
-                _join_briefly(threads)
-                raise
-            if self._error is None and handle.reason is not None:
-                # Stopped from outside: the rows not called are left for the next run.
-                raise Cancelled(f"run stopped: {handle.reason}")
+                while t.is_alive():
+                    t.join(0.2)
+                    if task_released():
+                        handle.request_stop("the task was cancelled")
+        except BaseException:
+            handle.request_stop("interrupted")
+            _join_briefly(threads, STOP_GRACE + 1.0)
+            raise
         if self._error is not None:
             raise self._error
+        if handle.reason is not None:
+            # Stopped from outside: the rows not called are left for the next run.
+            raise Cancelled(f"run stopped: {handle.reason}")
 
     def _next_row(self) -> int | None:
         with self._lock:
-            if self._stop.is_set():
+            if self._draining.is_set():
                 return None
             return next(self._rows, None)
 
@@ -330,10 +358,13 @@ class _Pool:
         with self._lock:
             if self._error is None:
                 self._error = exc
-        # Stop the others now, calls in flight included.
+        # A failed row (fail-fast): the calls in flight may finish and be kept.
+        # An endpoint-wide error: every one of them would fail alike, cut them now.
+        grace = STOP_GRACE if isinstance(exc, RowError) else 0.0
         if self._handle is not None:
-            self._handle.request_stop(f"{type(exc).__name__}")
+            self._handle.request_stop(type(exc).__name__, grace)
         else:
+            self._draining.set()
             self._stop.set()
 
     def _work(self) -> None:
@@ -365,7 +396,7 @@ class _Pool:
                 text=hit.text, prompt_tokens=0, completion_tokens=0, attempts=0, latency=0.0, finished_at=time.time()
             ),
             to_cache=_cached,
-            stop=self._stop,
+            stop=self._draining,
         )
 
     def _call(self, request: dict[str, Any], rng: random.Random) -> Outcome | None:
@@ -397,12 +428,12 @@ class _Pool:
 
         while True:
             self.breaker.check()
-            if self._stop.is_set():
+            if self._draining.is_set():
                 return None
             charge = self.spend.reserve(*spend_estimate)
             if charge is None:
-                return None if self._stop.is_set() else outcome(error=self.spend.exhausted_message())
-            if not limiter.acquire(reserve, self._stop):
+                return None if self._draining.is_set() else outcome(error=self.spend.exhausted_message())
+            if not limiter.acquire(reserve, self._draining):
                 self.spend.settle(charge, None, None)
                 return None
             calls += 1
@@ -428,7 +459,7 @@ class _Pool:
                         problem = f"invalid structured answer: {exc}"
                 if problem is not None:
                     failures += 1
-                    if failures < retry.max_attempts and not self._stop.is_set():
+                    if failures < retry.max_attempts and not self._draining.is_set():
                         continue  # the model misspoke: ask again at once, no back-off needed
                 tries = f" (after {calls} attempts)" if calls > 1 else ""
                 # The raw answer is kept when invalid: it explains the error.
@@ -453,13 +484,13 @@ class _Pool:
                         f"{retry.max_rate_limit_wait:g} s), {rate_limited} answers 429; last: {failure.message}"
                     )
                 waited_for_limits += wait
-                if self._stop.wait(wait):
+                if self._draining.wait(wait):
                     return None
                 continue
             limited_streak = 0
             failures += 1
             give_up = not failure.retryable or failures >= retry.max_attempts
-            if give_up or self._stop.wait(retry.delay(failures, failure.retry_after, rng)):
+            if give_up or self._draining.wait(retry.delay(failures, failure.retry_after, rng)):
                 if not give_up:
                     return None  # stopped while backing off
                 tries = f" (after {calls} attempts)" if calls > 1 else ""
@@ -479,7 +510,7 @@ class _Pool:
             )
 
     def _settle_row(self, i: int, outcome: Outcome) -> None:
-        if self._stop.is_set() and not outcome.ok:
+        if self._draining.is_set() and not outcome.ok:
             return  # cut short because the pool is stopping
         with self._lock:
             self._connect_streak = self._connect_streak + 1 if outcome.could_not_connect else 0
@@ -502,10 +533,10 @@ def _cached(outcome: Outcome | None) -> CachedAnswer:
     return CachedAnswer(outcome.text, outcome.prompt_tokens, outcome.completion_tokens)
 
 
-def _join_briefly(threads: Sequence[threading.Thread], timeout: float = 2.0) -> None:
+def _join_briefly(threads: Sequence[threading.Thread], timeout: float) -> None:
     """Wait, at most ``timeout`` seconds, for stopped threads to hand over
-    their last outcomes (calls in flight are cut short within a fraction of
-    a second; a thread still waiting on the cluster is left to end alone)."""
+    their last outcomes (calls in flight are cut short after the stop's
+    grace; a thread still waiting on the cluster is left to end alone)."""
     deadline = time.monotonic() + timeout
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))

@@ -3,8 +3,9 @@
 Dask cannot stop a running task: cancelling a future, a Ctrl+C in
 ``compute()`` or another partition's error only drop results, while the
 task's threads go on calling (and paying). So every partition's call pool
-registers here while it runs, with a stop event that also cuts its calls in
-flight short (:mod:`._attempt`), and is stopped by whichever applies:
+registers here while it runs, and is stopped (no new call at once, the
+calls in flight cut short after :data:`STOP_GRACE` seconds, see
+:mod:`dask_llm._calls._attempt`) by whichever applies:
 
 - :func:`stop_topic`: ``dask-llm run``'s Ctrl+C, sent to every worker
   (``client.run``) through the run's progress topic;
@@ -24,22 +25,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Stoppable", "running", "stop_all", "stop_topic", "task_released", "watch_local_computes"]
+__all__ = ["STOP_GRACE", "Stoppable", "running", "stop_all", "stop_topic", "task_released", "watch_local_computes"]
+
+
+#: Seconds the calls in flight get to finish, and be kept, once a pool is
+#: asked to stop: most answers arrive by then (a call cut short may be billed
+#: anyway, and is paid again by the next run); a hung call does not hold the stop.
+STOP_GRACE = 1.0
 
 
 class Stoppable:
-    """What a running pool offers: a stop event, and whether it is done."""
+    """What a running pool offers: how to stop it, and whether it is done.
+
+    Stopping has two steps: ``draining`` (start no new call, no new wait)
+    at once, then ``stop`` (cut the calls in flight) after a grace.
+    """
 
     def __init__(self, topic: str | None) -> None:
         self.topic = topic
+        self.draining = threading.Event()
         self.stop = threading.Event()
         self.reason: str | None = None
         self.done = threading.Event()
 
-    def request_stop(self, reason: str) -> None:
-        if not self.stop.is_set():
+    def request_stop(self, reason: str, grace: float = STOP_GRACE) -> None:
+        """Drain now and cut the calls in flight after ``grace`` seconds (0: now)."""
+        if self.reason is None:
             self.reason = reason
+        self.draining.set()
+        if grace <= 0:
             self.stop.set()
+        elif not self.stop.is_set():
+            timer = threading.Timer(grace, self.stop.set)
+            timer.daemon = True
+            timer.start()
 
 
 _running: set[Stoppable] = set()

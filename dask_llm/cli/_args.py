@@ -70,6 +70,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="dask (default) or spark (a Spark session; pip install 'dask-llm[spark]')",
     )  # fmt: skip
     how.add_argument("--master", help="with --engine spark: the Spark master, e.g. local[4] (default: local[*])")
+    batch = parser.add_argument_group("Batch API (half the price, answers within 24 h)")
+    batch.add_argument(
+        "--batch", action="store_true",
+        help="send the rows as OpenAI / Azure OpenAI batches; Ctrl+C leaves them running, "
+        "and the same command collects them later",
+    )  # fmt: skip
+    batch.add_argument(
+        "--batch-poll-interval", type=float, default=30.0, metavar="SECONDS",
+        help="with --batch: seconds between two looks at a running batch (default: %(default)s)",
+    )  # fmt: skip
+    batch.add_argument("--cancel", action="store_true", help="with --batch: cancel this run's batches and exit")
     keep = parser.add_argument_group("keeping work")
     keep.add_argument("--checkpoint", help="folder or URL that makes the run resumable")
     keep.add_argument("--retry-errors", action="store_true", help="with --checkpoint: call failed rows again")

@@ -41,28 +41,51 @@ def format_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def render(snap: Snapshot, cost: float | None = None, bar_width: int = 0) -> str:
+def render(snap: Snapshot, cost: float | None = None, bar_width: int = 0, width: int | None = None) -> str:
     """One progress line, e.g.
     ``rows 1,200/10,000 (12%) | 48.1 rows/s | ETA 3m03s | 429s 3 | errors 1 | tokens 31.3k in, 1.2k out | $0.0123``.
+
+    With ``width``, the line fits it: the bar goes, then the least telling
+    parts that do not fit are left out (the rows are kept, the token counts
+    go first), so a narrow terminal never wraps (a wrapped line cannot be
+    redrawn in place).
     """
     total = snap.total
     if total:
         share = min(snap.done / total, 1.0)
         head = f"rows {snap.done:,}/{total:,} ({share:.0%})"
-        if bar_width:
-            filled = int(share * bar_width)
-            head = f"[{'#' * filled}{'.' * (bar_width - filled)}] {head}"
     else:
-        head = f"rows {snap.done:,}"
+        share, head = 0.0, f"rows {snap.done:,}"
     rate = snap.rate if snap.recent_rate is None else snap.recent_rate
-    parts = [head, f"{rate:,.1f} rows/s", f"ETA {format_duration(snap.eta)}"]
-    parts += [f"429s {snap.rate_limited:,}", f"errors {snap.errors:,}"]
-    parts.append(f"tokens {format_count(snap.prompt_tokens)} in, {format_count(snap.completion_tokens)} out")
+    # (priority, text): the lower the number, the longer a part survives a narrow terminal.
+    parts: list[tuple[int, str]] = [(0, head), (2, f"{rate:,.1f} rows/s"), (1, f"ETA {format_duration(snap.eta)}")]
+    if snap.batches:
+        ended = f"batches {snap.batches_done:,}/{snap.batches:,} ended"
+        parts.append((1, f"{ended}, {snap.batch_completed:,}/{snap.batch_requests:,} answered"))
+    parts += [(4, f"429s {snap.rate_limited:,}"), (3, f"errors {snap.errors:,}")]
+    parts.append((6, f"tokens {format_count(snap.prompt_tokens)} in, {format_count(snap.completion_tokens)} out"))
     if cost is not None:
-        parts.append(f"${cost:,.4f}")
+        parts.append((5, f"${cost:,.4f}"))
     if snap.restored:
-        parts.append(f"{snap.restored:,} from checkpoint")
-    return " | ".join(parts)
+        parts.append((7, f"{snap.restored:,} from checkpoint"))
+
+    def line(kept: list[tuple[int, str]], bar: int) -> str:
+        texts = [text for _, text in kept]
+        if bar and total:
+            filled = int(share * bar)
+            texts[0] = f"[{'#' * filled}{'.' * (bar - filled)}] {texts[0]}"
+        return " | ".join(texts)
+
+    text = line(parts, bar_width)
+    if width is None or len(text) <= width:
+        return text
+    # Too wide: no bar, and the parts that fit, most telling first, in their order.
+    kept: list[tuple[int, str]] = []
+    for part in sorted(parts, key=lambda p: p[0]):
+        trial = sorted([*kept, part], key=parts.index)
+        if not kept or len(line(trial, 0)) <= width:
+            kept = trial
+    return line(kept, 0)[:width]
 
 
 class ProgressPrinter:
@@ -131,7 +154,7 @@ class ProgressPrinter:
                 # \r back to column 0, \x1b[K erases what a longer line left;
                 # cut to the width, or a wrapped line would not be redrawn.
                 width = shutil.get_terminal_size().columns - 1
-                self.stream.write("\r" + render(snap, cost, bar_width=20)[:width] + "\x1b[K")
+                self.stream.write("\r" + render(snap, cost, bar_width=20, width=width) + "\x1b[K")
             else:
                 self.stream.write(render(snap, cost) + "\n")
             self.stream.flush()

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from .._api import enrich
+from .._batchapi import BatchAPI
 from .._budget import Budget
 from .._config import Endpoint, RetryPolicy
 from .._core._schema import OutputColumns
@@ -77,7 +78,7 @@ def parse_storage_options(items: Sequence[str]) -> dict[str, Any]:
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "passwd")
 #: Options never repeated on a command line that is printed or stored.
-_DROPPED = {"overwrite", "verbose"}
+_DROPPED = {"overwrite", "verbose", "cancel"}
 
 
 def _secret(name: str) -> bool:
@@ -232,6 +233,11 @@ def run(args: argparse.Namespace) -> int:
     budget: Budget | bool | None = False if args.no_budget else None  # None: the adaptive default
     if args.max_concurrency or args.rpm or args.tpm:
         budget = Budget(max_concurrency=args.max_concurrency, rpm=args.rpm, tpm=args.tpm)
+    if args.cancel and not args.batch:
+        raise ConfigError("--cancel cancels the batches of a --batch run: add --batch")
+    batch = BatchAPI(poll_interval=args.batch_poll_interval) if args.batch else None
+    if batch is not None and getattr(args, "engine", "dask") == "spark":
+        raise ConfigError("--batch is not available with --engine spark yet; use --engine dask")
     if getattr(args, "engine", "dask") == "spark":
         from ._spark import run_spark
 
@@ -245,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         _stop_on_sigterm()
         return run_spark(args, spark_kwargs)
     ddf = read_input(args.input, options, args.partitions)
+    if args.cancel:
+        return _cancel_batches(args, ddf, endpoint, options)
     output = Output(args.output, options)
     output.check(args.input)
     outputs = OutputColumns(args.column)
@@ -259,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens, budget=budget, checkpoint=args.checkpoint,
             storage_options=options if args.checkpoint else None,
             retry_errors=args.retry_errors, overwrite=args.overwrite,
-            retry=RetryPolicy(max_attempts=args.max_attempts), progress=channel,
+            retry=RetryPolicy(max_attempts=args.max_attempts), progress=channel, batch=batch,
         )  # fmt: skip
         out = enrich(ddf, args.prompt, args.column, args.model, **kwargs)
         total = len(ddf)
@@ -364,8 +372,49 @@ def _stop_everywhere(channel: ProgressChannel, sched: Scheduler, timeout: float 
         return
 
 
+def _cancel_batches(args: argparse.Namespace, ddf: Any, endpoint: Endpoint, options: Mapping[str, Any]) -> int:
+    """``--batch --cancel``: cancel the run's batches (those its checkpoint
+    recorded, else those the provider lists under the run's fingerprint)."""
+    from .._api import run_fingerprint
+    from .._run._batch import cancel_run
+
+    spec = run_fingerprint(
+        ddf, args.prompt, args.column, args.model, endpoint=endpoint, system=args.system,
+        temperature=args.temperature, max_tokens=args.max_tokens,
+    )  # fmt: skip
+    store = open_store(args.checkpoint, options) if args.checkpoint else None
+    states = cancel_run(endpoint, spec, store)
+    stopped = [s for s in states if s.status == "cancelling"]
+    out = sys.stdout
+    if not states:
+        out.write("dask-llm run: this run has no batches at the provider; nothing to cancel\n")
+        return 0
+    out.write(f"dask-llm run: cancelling {len(stopped):,} of the run's {len(states):,} batches "
+              f"({len(states) - len(stopped):,} had already ended)\n")  # fmt: skip
+    for state in states:
+        out.write(f"  {state.ref.batch_id}  {state.status}  {state.completed:,}/{state.total:,} answered\n")
+    out.write(
+        "Their answered rows are billed and kept by the provider: run the command again without "
+        "--cancel to collect them (the rest are sent again).\n"
+    )
+    out.flush()
+    return 0
+
+
 def _print_interrupted(args: argparse.Namespace, snap: Snapshot, err: Any) -> None:
     err.write(f"dask-llm run: interrupted; {snap.done:,} of {snap.total or 0:,} rows finished.\n")
+    if args.batch:
+        hint, needed = resume_command(args, args.parser)
+        running = max(snap.batches - snap.batches_done, 0)
+        err.write(
+            f"{running:,} batches keep running at the provider (they are billed whether or not they are "
+            f"collected).\nCollect their answers later with the same command (it creates no new batch for "
+            f"them):\n  {hint}\nor cancel them with:\n  {hint} --cancel\n"
+        )
+        if needed:
+            err.write(f"  (with {', '.join(needed)} set: secrets are not repeated)\n")
+        err.flush()
+        return
     if args.checkpoint:
         err.write(
             f"Finished rows are saved in the checkpoint {args.checkpoint}; resume with:\n  {_resume_hint(args)}\n"

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._checkpoint import MANIFEST
 from .._checkpoint._ledger import LedgerIndex
-from .._core._store import open_store
+from .._core._store import Store, open_store
 from ._progress_line import format_count
 from ._run import RUN_INFO, cost_function, parse_storage_options
 
@@ -47,6 +48,11 @@ class CheckpointStatus:
     completion_tokens: int = 0
     rate_limited: int = 0
     command: str | None = None
+    #: Batch API runs: the batches recorded, by the status a run last saw them in.
+    batches: dict[str, int] = field(default_factory=dict)
+    batch_requests: int = 0
+    batch_answered: int = 0
+    batches_seen_at: float | None = None
 
 
 def read_status(url: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointStatus:
@@ -81,7 +87,21 @@ def read_status(url: str, storage_options: Mapping[str, Any] | None = None) -> C
     status.rate_limited = int(records["rate_limited"].sum())
     status.rows_visible = index.dataset_rows()
     status.files = len([n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")])
+    _read_batches(store, status)
     return status
+
+
+def _read_batches(store: Store, status: CheckpointStatus) -> None:
+    from .._run._batch import recorded
+
+    for record in recorded(store):
+        seen = record.get("seen") or {}
+        state = str(seen.get("status", "submitted"))
+        status.batches[state] = status.batches.get(state, 0) + 1
+        status.batch_requests += int(record.get("rows") or 0)
+        status.batch_answered += int(seen.get("completed") or 0)
+        if seen.get("at"):
+            status.batches_seen_at = max(status.batches_seen_at or 0.0, float(seen["at"]))
 
 
 def format_status(s: CheckpointStatus) -> str:
@@ -99,6 +119,13 @@ def format_status(s: CheckpointStatus) -> str:
         f"tokens: {format_count(s.prompt_tokens)} in, {format_count(s.completion_tokens)} out  "
         f"cost: {f'${cost:,.4f}' if cost is not None else 'unknown'}",
     ]
+    if s.batches:
+        states = ", ".join(f"{n:,} {state}" for state, n in sorted(s.batches.items()))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.batches_seen_at)) if s.batches_seen_at else None
+        lines.append(
+            f"batches: {sum(s.batches.values()):,} ({states}); requests {s.batch_answered:,}/{s.batch_requests:,} "
+            f"answered" + (f" (as a run last saw them, {when})" if when else "")
+        )
     if s.command:
         lines.append(f"resume: {s.command}")
     return "\n".join(lines)
