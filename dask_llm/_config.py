@@ -115,8 +115,8 @@ class Endpoint:
         value = os.environ.get(self.api_key_env)
         if not value:
             raise ConfigError(
-                f"Endpoint(api_key_env={self.api_key_env!r}): the variable is not set in this "
-                f"process (pid {os.getpid()}); set it on every machine that calls the model"
+                f"the API key variable {self.api_key_env} is not set in this process "
+                f"(pid {os.getpid()}); set it on every machine that calls the model"
             )
         return value
 

@@ -9,8 +9,24 @@ role) on every machine. For an S3-compatible store (MinIO, moto, R2) pass
 ``--s3-endpoint-url``. The model endpoint is OpenAI by default
 (``OPENAI_API_KEY``); ``--base-url`` points it elsewhere.
 
-``--make-input N`` first writes N sample tickets to ``--input``, so the
-example can run against an empty bucket. The same run from the shell:
+``--make-input N`` first writes N sample tickets to ``--input`` (creating
+the bucket if needed), so the example can run against an empty store. Run it
+again and it resumes: it says how many rows the checkpoint already holds,
+and calls only the others.
+
+To try it on this machine, with no AWS account and no API key: moto's S3
+server and the built-in simulator, each in its own terminal (moto accepts
+any credentials, but botocore refuses to sign without some):
+
+    pip install 'dask-llm[s3]' 'moto[server]'
+    moto_server -H 127.0.0.1 -p 5000                      # terminal 1
+    dask-llm simulate --port 8000                         # terminal 2
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+    python examples/s3_to_s3.py --input s3://demo/tickets/ --output s3://demo/enriched/ \
+        --checkpoint s3://demo/runs/tickets/ --s3-endpoint-url http://127.0.0.1:5000 \
+        --base-url http://127.0.0.1:8000/v1 --make-input 500
+
+The same run from the shell:
 
     dask-llm run s3://my-bucket/tickets/ s3://my-bucket/tickets_enriched/ \
         --prompt "Which cloud service is this ticket about? {title}" --column service \
@@ -23,6 +39,7 @@ import argparse
 from typing import Any
 
 import dask.dataframe as dd
+import fsspec
 import pandas as pd
 
 import dask_llm
@@ -53,9 +70,19 @@ def main() -> None:
     if args.s3_endpoint_url:
         storage["client_kwargs"] = {"endpoint_url": args.s3_endpoint_url}
     if args.make_input:
+        fs, path = fsspec.core.url_to_fs(args.input, **storage)
+        bucket = path.split("/", 1)[0]
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
         dd.from_pandas(make_tickets(args.make_input), npartitions=4).to_parquet(
             args.input, storage_options=storage, write_index=False
         )
+
+    # The checkpoint is a Parquet dataset of the rows answered so far.
+    fs, path = fsspec.core.url_to_fs(args.checkpoint, **storage)
+    if fs.glob(f"{path.rstrip('/')}/part-*.parquet"):
+        done = len(dd.read_parquet(args.checkpoint, storage_options=storage))
+        print(f"resuming: the checkpoint holds {done:,} answered rows; they are not called again")
 
     tickets = dd.read_parquet(args.input, storage_options=storage)
     out = dask_llm.enrich(

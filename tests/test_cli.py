@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import io
 import json
 import os
+import pty
 import re
 import select
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from collections.abc import Callable
@@ -119,6 +124,70 @@ def test_failed_rows_exit_1_with_their_count(start_sim, tmp_path):
     assert out["label_error"].str.contains("500").all()
 
 
+def test_partitions_are_chosen_from_the_rows_and_the_parallelism(start_sim, tmp_path):
+    sim = start_sim(latency=0.0)
+    frame = tickets(300)
+    frame.to_csv(tmp_path / "in.csv", index=False)  # one 64 MB block: one partition as read
+    proc = dask_llm(*run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--threads", "4", "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr
+    # 300 rows / (4 threads x 8 calls) -> 10 partitions, more than the 2 at a time.
+    assert "300 rows in 10 partitions" in proc.stderr, proc.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == answers(frame)
+
+
+def test_progress_fits_a_narrow_terminal(start_sim, tmp_path):
+    sim = start_sim(latency=0.05)
+    tickets(200).to_csv(tmp_path / "in.csv", index=False)
+    # stderr on a pseudo-terminal 60 columns wide (stdout redirected, as with `> out.txt`).
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    env = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([*dask_llm_command(), *run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv",
+                            "--threads", "8")], stdout=subprocess.PIPE, stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other side closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    redraws = [r.removesuffix("\x1b[K") for r in seen.decode().replace("\r\n", "\n").split("\r")]
+    bars = [r for r in redraws if r.startswith("rows ") or r.startswith("[")]
+    assert bars, seen
+    assert all(len(r.strip("\n")) < 60 for r in bars), [r for r in bars if len(r) >= 60]
+    assert any("rows 200/200 (100%)" in r and "ETA" in r for r in bars), bars[-3:]
+
+
+def test_messages_name_the_flags_not_the_keyword_arguments(start_sim, tmp_path):
+    sim = start_sim(latency=0.0)
+    tickets(5).to_csv(tmp_path / "in.csv", index=False)
+    ckpt = str(tmp_path / "ckpt")
+    first = dask_llm(*run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--checkpoint", ckpt))
+    assert first.returncode == 0, first.stderr
+    argv = run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--checkpoint", ckpt)
+    argv[argv.index("--prompt") + 1] = "Another prompt: {text}"
+    changed = dask_llm(*argv)
+    assert changed.returncode == 2, changed.stderr
+    assert "--overwrite" in changed.stderr and "overwrite=" not in changed.stderr, changed.stderr
+
+
+#: S3 options pointing at a port where nothing listens.
+DEAD_S3 = ["--storage-option", "key=a", "--storage-option", "secret=b",
+           "--storage-option", "client_kwargs.endpoint_url=http://127.0.0.1:9"]  # fmt: skip
+
 #: Bad inputs, each with a piece of its one-line message. "{tmp}" is a folder
 #: holding in.csv (columns id, text), "{url}" a running simulator.
 BAD_INPUTS = {
@@ -130,6 +199,16 @@ BAD_INPUTS = {
     "no credentials": (["run", "{tmp}/in.csv", "{tmp}/o.csv"], "no API key for https://api.openai.com/v1: pass --api-key"),
     "output is input": (["run", "{tmp}/in.csv", "{tmp}/in.csv", "--base-url", "{url}"], "is the input"),
     "no checkpoint": (["status", "{tmp}/nothing-here"], "no dask-llm checkpoint"),
+    "S3 without credentials": (["run", "s3://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"],
+                               "input 's3://bucket/in.csv': no AWS credentials found: set AWS_ACCESS_KEY_ID"),
+    "S3 endpoint down": (["run", "s3://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}", *DEAD_S3],
+                         "input 's3://bucket/in.csv': cannot connect to the storage endpoint"),
+    "checkpoint endpoint down": (["run", "{tmp}/in.csv", "{tmp}/o.csv", "--base-url", "{url}", "--checkpoint",
+                                  "s3://bucket/ck", *DEAD_S3], "checkpoint 's3://bucket/ck': cannot connect"),
+    "gs:// without gcsfs": (["run", "{tmp}/in.csv", "gs://b/o.csv", "--base-url", "{url}"],
+                            "output 'gs://b/o.csv' needs the gs:// filesystem: pip install 'dask-llm[gcs]'"),
+    "az:// without adlfs": (["run", "az://c/in.csv", "{tmp}/o.csv", "--base-url", "{url}"],
+                            "input 'az://c/in.csv' needs the az:// filesystem: pip install 'dask-llm[azure]'"),
 }  # fmt: skip
 
 
@@ -137,15 +216,22 @@ def test_bad_input_is_one_line_and_exit_2(sim, tmp_path):
     tickets(3).to_csv(tmp_path / "in.csv", index=False)
     fill = {"tmp": str(tmp_path), "url": sim.url}
     procs = {}
+    # No AWS credentials anywhere, and no instance metadata to ask (no network here).
+    env = {k: v for k, v in clean_env().items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))  # fmt: skip
+    cases = [c for c in BAD_INPUTS if not (c.startswith("gs://") and importlib.util.find_spec("gcsfs"))]
+    cases = [c for c in cases if not (c.startswith("az://") and importlib.util.find_spec("adlfs"))]
     # All at once: each is a fresh interpreter importing dask and openai.
-    for case, (args, _) in BAD_INPUTS.items():
+    for case in cases:
+        args = BAD_INPUTS[case][0]
         argv = [a.format(**fill) for a in args]
         if argv[0] == "run":
             argv += ["--column", "label", "--model", "m"]
             if "--prompt" not in argv:
                 argv += ["--prompt", "Classify: {text}"]
         procs[case] = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, env=clean_env())  # fmt: skip
+                                       stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     for case, proc in procs.items():
         _, stderr = proc.communicate(timeout=TIMEOUT)
         command = BAD_INPUTS[case][0][0]
@@ -372,6 +458,18 @@ def test_bench_sweeps_until_429_and_recommends(start_sim, tmp_path):
     assert re.search(r"^stopped: 429 rate limits at \d+ calls in flight", proc.stdout, re.M), proc.stdout
     assert re.search(r"^use about \d+ calls in flight .* --max-concurrency \d+", proc.stdout, re.M)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_says_when_the_plateau_was_not_reached(start_sim):
+    # No limit, a steady 0.1 s: throughput doubles with each level until the calls run out.
+    sim = start_sim(latency=0.1, latency_sd=0.0)
+    proc = dask_llm("bench", "--base-url", sim.url, "--api-key", API_KEY, "--model", "m", "--max-calls", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped: call or time budget used up" in proc.stdout, proc.stdout
+    # 10 + 10 + 16 calls at 1, 2 and 4 in flight; 8 in flight needs 32 more.
+    assert re.search(r"^plateau not reached: throughput was still growing at 4 calls in flight "
+                     r"\([\d.]+ calls/s\); measure 8 with --max-calls 68\.", proc.stdout, re.M), proc.stdout  # fmt: skip
+    assert "use about" not in proc.stdout
 
 
 def test_bench_wrong_key_is_exit_2(start_sim):

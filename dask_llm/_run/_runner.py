@@ -501,7 +501,7 @@ class _Pool:
         if failure.kind is Kind.AUTH:
             raise AuthenticationError(
                 f"{where} refused the request: {failure.message}. Check the API key "
-                f"(Endpoint(api_key=...) or OPENAI_API_KEY) and the account's quota."
+                f"(the one passed, else OPENAI_API_KEY) and the account's quota."
             )
         if failure.kind is Kind.NOT_FOUND:
             raise ModelNotFoundError(

@@ -145,7 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ndask-llm {args.command}: interrupted", file=sys.stderr)
         return 130
-    except USAGE_ERRORS as exc:
+    except Exception as caught:
+        exc: BaseException = caught
+        if not isinstance(exc, USAGE_ERRORS):
+            # A storage problem met while computing (credentials that expired
+            # mid-run, a bucket gone): one line too. Anything else is a bug: traceback.
+            from ._storage import storage_problem
+
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            exc = problem
         if args.verbose:
             traceback.print_exc()
         print(f"dask-llm {args.command}: error: {mask_secrets(_one_line(exc), argv)}", file=sys.stderr)

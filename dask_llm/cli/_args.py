@@ -64,7 +64,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=4,
         help="partitions at once: threads (threads) or worker processes (local) (default: %(default)s)",
     )  # fmt: skip
-    how.add_argument("--partitions", type=int, help="split INPUT into this many partitions")
+    how.add_argument(
+        "--partitions", type=int,
+        help="split INPUT into this many partitions (default: enough for every worker, and at most "
+        "8 calls per thread each)",
+    )  # fmt: skip
     how.add_argument(
         "--engine", choices=("dask", "spark"), default="dask",
         help="dask (default) or spark (a Spark session; pip install 'dask-llm[spark]')",

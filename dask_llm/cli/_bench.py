@@ -96,6 +96,11 @@ class Sweep:
     steps: list[Step]
     best: Step | None
     reason: str
+    #: Whether throughput stopped growing (or 429s came): ``best`` is then the plateau.
+    plateau: bool = False
+    #: The calls the sweep would have needed to measure the next level, when it ran out first.
+    calls_for_next: int | None = None
+    next_level: int | None = None
 
 
 def sweep(
@@ -120,7 +125,7 @@ def sweep(
         n = max(10, calls_per_thread * level)
         if used + n > max_calls or time.monotonic() >= deadline:
             reason = "call or time budget used up (--max-calls, --max-seconds)"
-            break
+            return Sweep(steps, best, reason, plateau=False, calls_for_next=used + n, next_level=level)
         step = measure(call, level, n, deadline)
         used += step.calls
         steps.append(step)
@@ -131,17 +136,17 @@ def sweep(
             break
         if step.rate_limited:
             reason = f"429 rate limits at {level} calls in flight"
-            break
+            return Sweep(steps, best, reason, plateau=True)
         if best is not None and step.throughput < best.throughput * (1 + min_growth):
             reason = (
                 f"throughput grew {step.throughput / best.throughput - 1:+.0%} from "
                 f"{best.concurrency} to {level} calls in flight (less than {min_growth:.0%})"
             )
-            break
+            return Sweep(steps, best, reason, plateau=True)
         if step.ok:
             best = step
         level *= 2
-    return Sweep(steps, best, reason)
+    return Sweep(steps, best, reason, plateau=False, next_level=level if level > max_concurrency else None)
 
 
 def endpoint_call(endpoint: Endpoint, model: str, prompt: str, max_tokens: int | None) -> Callable[[], Kind | None]:
@@ -190,6 +195,18 @@ def recommendation(result: Sweep) -> str:
         return "no step succeeded: check the endpoint (see the errors column)"
     n = best.concurrency
     split = f"--workers {max(1, n // 16)} --threads {min(n, 16)}" if n > 16 else f"--threads {n}"
+    if not result.plateau:
+        if result.calls_for_next is not None:
+            more = f"; measure {result.next_level} with --max-calls {result.calls_for_next}"
+        elif result.next_level is not None:
+            more = f"; raise --max-concurrency to measure {result.next_level}"
+        else:
+            more = ""
+        return (
+            f"plateau not reached: throughput was still growing at {n} calls in flight "
+            f"({best.throughput:,.1f} calls/s){more}. At least {n} calls in flight pay: "
+            f"dask-llm run ... {split}"
+        )
     return (
         f"use about {n} calls in flight ({best.throughput:,.1f} calls/s, p50 {best.percentile(50):.2f} s): "
         f"dask-llm run ... --max-concurrency {n} {split}"

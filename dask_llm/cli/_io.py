@@ -38,8 +38,9 @@ import pyarrow.parquet as pq
 from .._core._schema import OutputColumns
 from .._core._store import open_store
 from .._cost._summary import RunSummary
+from ._storage import missing_filesystem
 
-__all__ = ["TOTALS", "Format", "Output", "format_of", "partition_totals", "read_input"]
+__all__ = ["TOTALS", "Format", "Output", "auto_partitions", "format_of", "partition_totals", "read_input"]
 
 Format = Literal["parquet", "csv", "jsonl"]
 
@@ -80,7 +81,7 @@ def _filesystem(path: str, options: Mapping[str, Any], what: str) -> tuple[Any, 
     try:
         return fsspec.core.url_to_fs(path, **dict(options))
     except ImportError as exc:
-        raise ImportError(f"cannot open {what} {path!r}: {exc}") from None
+        raise missing_filesystem(path, exc, what) from None
     except ValueError as exc:
         raise ValueError(f"cannot open {what} {path!r}: {exc}") from None
 
@@ -120,6 +121,25 @@ def read_input(
     if partitions is not None and partitions != ddf.npartitions:
         ddf = ddf.repartition(npartitions=partitions)
     return ddf
+
+
+#: Calls of each thread per partition, at most, when the partitions are chosen.
+ROUNDS_PER_PARTITION = 8
+#: Partitions at most, when they are chosen.
+MAX_AUTO_PARTITIONS = 10_000
+
+
+def auto_partitions(rows: int, parallel: int, threads: int) -> int:
+    """Partitions for ``rows`` rows when ``--partitions`` is not given.
+
+    At least ``parallel`` (the partitions computed at once), so that every
+    worker has work; and partitions of at most
+    :data:`ROUNDS_PER_PARTITION` rounds of ``threads`` calls each, so that a
+    partition (one checkpoint commit) takes seconds to minutes, and the last
+    partitions of a run do not leave most workers idle.
+    """
+    by_size = -(-rows // (threads * ROUNDS_PER_PARTITION))
+    return max(parallel, min(by_size, MAX_AUTO_PARTITIONS), 1)
 
 
 def partition_totals(frame: pd.DataFrame, outputs: OutputColumns) -> dict[str, int | None]:

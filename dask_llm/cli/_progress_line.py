@@ -8,6 +8,7 @@ terminal needs for a one-line bar.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -142,6 +143,18 @@ class ProgressPrinter:
             self.stream.write("\n")
             self.stream.flush()
 
+    def _columns(self) -> int:
+        """The width of the terminal the stream writes to (``COLUMNS`` first,
+        as everywhere; not stdout's, which is often redirected to a file)."""
+        try:
+            return int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            pass
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return shutil.get_terminal_size().columns
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.show()
@@ -153,7 +166,7 @@ class ProgressPrinter:
             if self.tty:
                 # \r back to column 0, \x1b[K erases what a longer line left;
                 # cut to the width, or a wrapped line would not be redrawn.
-                width = shutil.get_terminal_size().columns - 1
+                width = self._columns() - 1
                 self.stream.write("\r" + render(snap, cost, bar_width=20, width=width) + "\x1b[K")
             else:
                 self.stream.write(render(snap, cost) + "\n")

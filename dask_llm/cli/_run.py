@@ -35,9 +35,10 @@ from .._cost._pricing import price_for
 from .._cost._summary import RunSummary
 from .._errors import ConfigError
 from .._run._progress import ProgressChannel, Snapshot, Tally, cancel, collect
-from ._io import TOTALS, Output, read_input
+from ._io import TOTALS, Output, auto_partitions, read_input
 from ._progress_line import ProgressPrinter
 from ._scheduler import Scheduler, open_scheduler
+from ._storage import storage_errors
 
 __all__ = ["RUN_INFO", "parse_storage_options", "resume_command", "run"]
 
@@ -250,11 +251,13 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         _stop_on_sigterm()
         return run_spark(args, spark_kwargs)
-    ddf = read_input(args.input, options, args.partitions)
+    with storage_errors("input", args.input):
+        ddf = read_input(args.input, options, args.partitions)
     if args.cancel:
         return _cancel_batches(args, ddf, endpoint, options)
-    output = Output(args.output, options)
-    output.check(args.input)
+    with storage_errors("output", args.output):
+        output = Output(args.output, options)
+        output.check(args.input)
     outputs = OutputColumns(args.column)
     channel = ProgressChannel.new()
     tty = err.isatty()
@@ -269,11 +272,19 @@ def run(args: argparse.Namespace) -> int:
             retry_errors=args.retry_errors, overwrite=args.overwrite,
             retry=RetryPolicy(max_attempts=args.max_attempts), progress=channel, batch=batch,
         )  # fmt: skip
-        out = enrich(ddf, args.prompt, args.column, args.model, **kwargs)
-        total = len(ddf)
+        with storage_errors("input", args.input):
+            total = len(ddf)
+        if args.partitions is None:
+            # Chosen from the rows and the parallelism: a CSV is otherwise one partition per 64 MB.
+            wanted = auto_partitions(total, sched.parallel, args.threads)
+            if wanted != ddf.npartitions:
+                ddf = ddf.repartition(npartitions=wanted)
+        with storage_errors("checkpoint", args.checkpoint or ""):
+            out = enrich(ddf, args.prompt, args.column, args.model, **kwargs)
         if args.checkpoint:
             _save_run_info(args, options, total, ddf.npartitions)
-        lazy = output.write(out, outputs)
+        with storage_errors("output", args.output):
+            lazy = output.write(out, outputs)
         where = sched.description + (f"; dashboard {sched.dashboard}" if sched.dashboard else "")
         err.write(
             f"dask-llm run: {total:,} rows in {ddf.npartitions} partitions, model {args.model} "
@@ -302,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
             except BaseException:
                 output.abort()
                 raise
-    output.finish(list(out.columns))
+    with storage_errors("output", args.output):
+        output.finish(list(out.columns))
     summary = summarize(totals, args.model, wall, tally.snapshot())
     print_summary(summary, tally.snapshot(), args.output, sys.stdout)
     if summary.rows_failed:

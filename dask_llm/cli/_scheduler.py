@@ -25,6 +25,8 @@ class Scheduler:
     client: Any | None
     description: str
     dashboard: str | None = None
+    #: Partitions computed at once.
+    parallel: int = 1
 
 
 @contextmanager
@@ -46,7 +48,7 @@ def open_scheduler(kind: str, workers: int, verbose: bool = False) -> Iterator[S
         return
     if kind == "threads":
         with dask.config.set(scheduler="threads", num_workers=workers):
-            yield Scheduler(None, f"threads ({workers} partitions at a time)")
+            yield Scheduler(None, f"threads ({workers} partitions at a time)", parallel=workers)
         return
 
     from distributed import Client, LocalCluster
@@ -64,15 +66,18 @@ def open_scheduler(kind: str, workers: int, verbose: bool = False) -> Iterator[S
         with cluster, Client(cluster) as client:
             # Without bokeh the dashboard pages are empty: no link then.
             link = _dashboard(client) if importlib.util.find_spec("bokeh") else None
-            yield Scheduler(client, f"LocalCluster of {workers} worker processes", link)
+            yield Scheduler(client, f"LocalCluster of {workers} worker processes", link, parallel=workers)
         return
     try:
         client = Client(kind, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise ConnectionError(f"cannot connect to the scheduler at {kind}: {exc}") from None
     with client:
-        n = len(client.scheduler_info().get("workers", {}))
-        yield Scheduler(client, f"cluster at {kind} ({n} workers)", _dashboard(client))
+        workers_info = client.scheduler_info().get("workers", {})
+        threads = sum(int(w.get("nthreads", 1)) for w in workers_info.values())
+        yield Scheduler(
+            client, f"cluster at {kind} ({len(workers_info)} workers)", _dashboard(client), parallel=max(threads, 1)
+        )
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
+from ._io import auto_partitions
 
 __all__ = ["run_spark"]
 
@@ -125,14 +126,6 @@ def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
         err.write(f"dask-llm run: {summary.rows_failed:,} of {summary.rows:,} rows failed\n")
         return 1
     return 0
-
-
-def auto_partitions(rows: int, parallel: int, threads: int) -> int:
-    """Enough partitions that every task slot has work, and small enough that
-    a partition (one checkpoint commit) is a few rounds of ``threads`` calls."""
-    rounds = 8
-    by_size = max(1, -(-rows // (threads * rounds)))
-    return max(parallel, min(by_size, 10_000))
 
 
 def _finish(parts: str, target: str, fmt: str, columns: list[str]) -> None:
