@@ -34,6 +34,22 @@ fi
 export DASK_LLM_LITELLM="$PWD/$LITELLM_VENV/bin/litellm"
 # -----------------------------------------------------------------------------
 
+# --- Chromium for the tests that load pages in a real browser -----------------
+# (the run report, the dashboard page; tests/_chromium.py). Debian's package;
+# CI runs as root on a fresh machine, so install it when it is missing.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        chromium_started=$(date +%s)
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        echo "ci/test.sh: installed Debian's chromium in $(( $(date +%s) - chromium_started )) s"
+    else
+        echo "ci/test.sh: chromium is missing (apt-get install chromium, or set CHROMIUM=/path);" \
+            "the browser tests will fail under CI=1 and be skipped otherwise" >&2
+    fi
+fi
+# -----------------------------------------------------------------------------
+
 # The habits that keep the layout so: lint and types, with the rules in pyproject.toml.
 .venv/bin/ruff check dask_llm tests bench examples
 .venv/bin/mypy

@@ -42,12 +42,14 @@ __all__ = [
     "ResponseCache",
     "RetryPolicy",
     "RowError",
+    "RunReport",
     "RunSummary",
     "SpendCap",
     "TemplateError",
     "__version__",
     "enrich",
     "estimate",
+    "report",
     "summarize",
 ]
 
@@ -75,6 +77,8 @@ _WHERE = {
     "Estimate": "._estimate",
     "estimate": "._estimate",
     "enrich": "._api",
+    "RunReport": "._report",
+    "report": "._report",
 }
 
 
@@ -116,3 +120,4 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from ._estimate import Estimate, estimate
+    from ._report import RunReport, report

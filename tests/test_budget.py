@@ -181,6 +181,69 @@ def test_adaptive_rate_backs_off_on_429_and_probes_upward_when_clean() -> None:
     assert (capped.rpm, capped.tpm) == (300, 9000)
 
 
+def test_stray_429s_cost_the_row_its_wait_not_everyone_a_pause() -> None:
+    from dask_llm._budget._alloc import Grant
+    from dask_llm._budget._leases import Slots
+    from dask_llm._budget._process import ProcessBudget
+
+    class Link:
+        holder = "h"
+
+        def __init__(self) -> None:
+            self.penalties: list[tuple[float, float, float]] = []
+
+        def lease(self, *args: Any) -> Grant:
+            return Grant(rpm=None, tpm=None, ttl=30.0)
+
+        def release(self) -> None:
+            pass
+
+        def penalize(self, seconds: float, observed: float, sent: float) -> None:
+            self.penalties.append((seconds, observed, sent))
+
+    link = Link()
+    pb = ProcessBudget(Budget(), link, Slots())
+    pb.reservoir.apply(Grant(rpm=None, tpm=None, ttl=30.0, seq=1))
+    pb._samples.append((time.monotonic(), 0, 0, 0))
+
+    def answer(ok: int, limited: int) -> None:
+        pb.reservoir.taken += ok + limited
+        pb.reservoir.answered += ok
+        for _ in range(limited):
+            pb.penalize(2.0)
+
+    # One 429 in twenty requests, then two more in sixty: stray, the others go on.
+    answer(19, 1)
+    answer(58, 2)
+    assert link.penalties == [] and pb.reservoir.cooldown_until < time.monotonic()
+    # Then most requests refused: a real limit. Everyone pauses, and the coordinator is told.
+    answer(5, 20)
+    assert len(link.penalties) == 1 and link.penalties[0][0] == 2.0
+    assert pb.reservoir.cooldown_until > time.monotonic() + 1.5
+
+
+def test_a_429_before_any_answer_halves_the_rate_sent() -> None:
+    # A job's first wave refused (another job emptied the account's bucket):
+    # half of what was sent, not a fixed floor that would hold a fast endpoint for minutes.
+    first = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
+    first.lease("a", demand=16, now=0.0)
+    first.penalize("a", 1.0, now=0.5, observed=0.0, sent=960.0)
+    assert first.rpm == pytest.approx(480.0)
+
+
+def test_probing_takes_full_steps_again_once_past_where_the_429s_came() -> None:
+    alloc = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
+    alloc.lease("a", demand=4, now=0.0, observed=1000.0)
+    alloc.penalize("a", 1.0, now=1.0)
+    assert alloc.rpm == pytest.approx(900.0)  # 0.9 x what was answered; the 429s came at 1,000
+    rates = []
+    for k in range(4):
+        alloc.lease("a", demand=4, now=3.0 + 2.0 * k, saturated=True)
+        rates.append(alloc.rpm)
+    # +10%; then +2% while near 1,000; past it, clean, +10% again (not +2% for ever).
+    assert rates == pytest.approx([990.0, 1009.8, 1110.78, 1221.858])
+
+
 class _FakeScheduler:
     def __init__(self, workers: Sequence[str]) -> None:
         self.handlers: dict[str, Any] = {}
@@ -191,6 +254,9 @@ class _FakeScheduler:
 
     def worker_send(self, worker: str, msg: dict[str, Any]) -> None:
         self.sent.append((worker, msg))
+
+    def get_events(self) -> dict[str, tuple[tuple[float, Any], ...]]:
+        return {}
 
 
 def test_scheduler_plugin_reassigns_a_dead_workers_share_and_guards_limits() -> None:
@@ -355,7 +421,11 @@ def _hold_and_penalize(budget: Budget, penalize: bool) -> float:
         if penalize:
             # Wait until the others hold a share (they are pushed to only then).
             time.sleep(1.0)
-            limiter.penalize(6.0)
+            # Three requests, three 429s: a limit, not a stray 429.
+            for _ in range(2):
+                limiter.acquire(1)
+            for _ in range(3):
+                limiter.penalize(6.0)
             penalized.set()
             return 6.0
         joined.set()

@@ -13,6 +13,8 @@ import json
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,13 +31,14 @@ import pandas as pd
 import pytest
 
 import dask_llm
-from dask_llm import ConfigError, Endpoint, Price, RetryPolicy
-from dask_llm._report import RunReport, report
+from dask_llm import ConfigError, Endpoint, Price, RetryPolicy, RunReport, report
 from dask_llm._report._charts import CHARTS
 from dask_llm.simulator import Simulator, SimulatorConfig
 
 from ._chromium import load
 
+#: The console script of the environment running the tests.
+DASK_LLM = str(Path(sys.executable).with_name("dask-llm"))
 PROMPT = "Classify: {text}"
 MODEL = "gpt-4o-mini"
 ROWS = 240
@@ -268,11 +271,19 @@ def test_a_run_still_going_on_fsspec_memory() -> None:
         fs.rm(url, recursive=True)
 
 
-def test_command_line_prints_the_numbers(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
-    from dask_llm._report.__main__ import main
+def test_command_line_prints_the_numbers(run: Run, tmp_path: Path) -> None:
+    def dask_llm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DASK_LLM, *args], capture_output=True, text=True, timeout=120)
 
-    assert main([str(run.path), "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    done = dask_llm_cli("report", str(run.path), "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
     assert printed["calls"] == run.stats["requests"] and printed["rows"] == ROWS
-    assert main([str(run.path / "missing")]) == 1
-    assert "no dask-llm checkpoint" in capsys.readouterr().err
+    page = tmp_path / "out" / "report.html"
+    done = dask_llm_cli("report", str(run.path), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    assert f"calls: {run.stats['requests']:,}" in done.stdout and f"html: {page}" in done.stdout
+    assert "<svg" in page.read_text()
+    missing = dask_llm_cli("report", str(run.path / "missing"))
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "no dask-llm checkpoint" in missing.stderr

@@ -199,11 +199,19 @@ class Allocator:
         return self._revisions(now, exclude=holder)
 
     def penalize(
-        self, holder: str | None, seconds: float, now: float, observed: float | None = None
+        self,
+        holder: str | None,
+        seconds: float,
+        now: float,
+        observed: float | None = None,
+        sent: float | None = None,
     ) -> dict[str, Grant]:
         """A 429 answered ``holder``: everyone pauses ``seconds``.
 
-        ``observed`` is the rate (per minute) the provider answered the holder just before.
+        ``observed`` is the rate (per minute) the provider answered the holder
+        just before; ``sent``, the rate the holder sent at (answered or not).
+        Holders report only the 429s that are a signal (see
+        :data:`~._process.STRAY_SHARE`).
         Returns the grants to push (all other holders) when the shared
         cool-down grew, else nothing (the others already know).
         """
@@ -225,7 +233,16 @@ class Allocator:
             if self.rate is None:
                 # Unlimited until now: a little under what was served (which may
                 # include the provider's burst; the step-down below corrects it).
-                self.rate = ADAPTIVE_SETTLE * served if served > 0 else ADAPTIVE_FALLBACK_RPM
+                # A 429 before any answer (the first wave of a job) says only
+                # that the rate sent was too much: half of it. A fixed floor
+                # here would pin a fast endpoint's job to it for minutes after
+                # one stray 429.
+                if served > 0:
+                    self.rate = ADAPTIVE_SETTLE * served
+                elif sent:
+                    self.rate = ADAPTIVE_DECREASE * sent
+                else:
+                    self.rate = ADAPTIVE_FALLBACK_RPM
             else:
                 # 429s go on at the rate in force: down by a step, or to under
                 # what is served if that is lower.
@@ -244,6 +261,10 @@ class Allocator:
             return  # not limited yet, or the provider's limit is known
         if now - max(self.last_change, self.last_429) < ADAPTIVE_PROBE:
             return
+        if self.ceiling is not None and self.rate >= self.ceiling:
+            # Clean at the rate where the 429s came: they were not the limit
+            # (a stray 429, or the provider's limit rose). Probe at full step.
+            self.ceiling = None
         near = self.ceiling is not None and self.rate * ADAPTIVE_INCREASE > self.ceiling
         factor = ADAPTIVE_CREEP if near else ADAPTIVE_INCREASE
         self.rate = max(self.rate + 1.0, self.rate * factor)

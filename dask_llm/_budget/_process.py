@@ -50,6 +50,11 @@ MIN_RENEW_INTERVAL = 2.0
 IDLE_RELEASE = 0.5
 #: Seconds over which a process's recent request rate is measured.
 RATE_WINDOW = 5.0
+#: 429s under this share of the process's recent requests, or fewer than
+#: STRAY_COUNT of them, are stray: they cost the row its wait, never a pause
+#: of every thread or a lower rate.
+STRAY_SHARE = 0.1
+STRAY_COUNT = 3
 
 _RATE_HEADERS = {"rpm": "x-ratelimit-limit-requests", "tpm": "x-ratelimit-limit-tokens"}
 
@@ -61,7 +66,7 @@ class Link(Protocol):
 
     def lease(self, demand: float, learned: dict[str, float], saturated: bool, observed: float) -> Grant: ...
     def release(self) -> None: ...
-    def penalize(self, seconds: float, observed: float) -> None: ...
+    def penalize(self, seconds: float, observed: float, sent: float) -> None: ...
 
 
 class CoordinatorLink:
@@ -84,8 +89,8 @@ class CoordinatorLink:
     def release(self) -> None:
         self.coordinator.call("budget_release", name=self.name)
 
-    def penalize(self, seconds: float, observed: float) -> None:
-        self.coordinator.call("budget_penalize", name=self.name, seconds=seconds, observed=observed)
+    def penalize(self, seconds: float, observed: float, sent: float) -> None:
+        self.coordinator.call("budget_penalize", name=self.name, seconds=seconds, observed=observed, sent=sent)
 
 
 def _on_push(holder: str, name: str, grant: dict[str, Any], **_: Any) -> None:
@@ -120,9 +125,10 @@ class ProcessBudget:
         self._renew_at = 0.0
         self._renewed = -float("inf")
         self._answered = -1  # answers as of the last renewal
-        # (time, answers) over the last few seconds: the rate the provider
+        # (time, answers, requests, 429s) over the last few seconds: the rate the provider
         # actually serves, which is what an adaptive budget settles on.
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._samples: collections.deque[tuple[float, int, int, int]] = collections.deque()
+        self._limited = 0  # 429s, ever
         self.renewals = 0
 
     # -- Limiter protocol ----------------------------------------------------------
@@ -150,13 +156,21 @@ class ProcessBudget:
         self.reservoir.settle(reserved, used)
 
     def penalize(self, retry_after: float | None) -> None:
+        self._limited += 1
+        observed, sent, limited = self.recent_rates()
+        recent_429s = self._limited - (self._samples[0][3] if self._samples else 0)
+        if limited < STRAY_SHARE * sent or recent_429s < STRAY_COUNT:
+            # A stray 429 (a provider's hiccup, or the first of a job's first
+            # wave): the row waits, the others go on. Over a real limit the
+            # share passes STRAY_SHARE within a fraction of a second.
+            return
         seconds = DEFAULT_PENALTY if retry_after is None else retry_after
         # A provider that says "in 5 ms" means one request, not every
         # thread: a short pause for all of them keeps the next burst small.
         seconds = max(seconds, MIN_PENALTY)
         if self.reservoir.cool_down(seconds):
             try:
-                self.link.penalize(seconds, self.recent_rate())
+                self.link.penalize(seconds, observed, sent)
             except Exception as exc:  # the local pause stands regardless
                 logger.warning("dask-llm: could not share a cool-down: %s", exc)
             # The allocator may have lowered the rate: take the new share now,
@@ -179,14 +193,19 @@ class ProcessBudget:
 
     # -- keeper ------------------------------------------------------------------
 
-    def recent_rate(self) -> float:
-        """Requests per minute the provider answered for this process over the
-        last few seconds (429s and failures excluded)."""
-        samples = self._samples
-        if not samples:
-            return 0.0
-        t0, n0 = samples[0]
-        return (self.reservoir.answered - n0) * 60.0 / max(time.monotonic() - t0, 1.0)
+    def recent_rates(self) -> tuple[float, float, float]:
+        """Requests per minute over the last few seconds: those the provider
+        answered for this process (429s and failures excluded), those it
+        sent, and those answered 429."""
+        if not self._samples:
+            return 0.0, 0.0, 0.0
+        t0, *then = self._samples[0]
+        per_minute = 60.0 / max(time.monotonic() - t0, 1.0)
+        now = self._counts()
+        return tuple((a - b) * per_minute for a, b in zip(now, then, strict=True))  # type: ignore[return-value]
+
+    def _counts(self) -> tuple[int, int, int]:
+        return self.reservoir.answered, self.reservoir.taken, self._limited
 
     def kick(self) -> None:
         """Wake the keeper."""
@@ -199,6 +218,7 @@ class ProcessBudget:
         # The first lease is taken here, in a runner thread, so that a
         # refusal (conflicting limits) fails the task with a clear error.
         self._renew()
+        self._samples.append((time.monotonic(), *self._counts()))
         self._keeper = threading.Thread(target=self._keep, name=f"dask-llm-budget-{self.budget.name}", daemon=True)
         self._keeper.start()
 
@@ -252,7 +272,7 @@ class ProcessBudget:
                         logger.warning("dask-llm: budget renewal failed (%d in a row): %s", failures, exc)
                         self._wake.wait(min(5.0, 0.5 * failures))
             now = time.monotonic()
-            self._samples.append((now, self.reservoir.answered))
+            self._samples.append((now, *self._counts()))
             while now - self._samples[0][0] > RATE_WINDOW:
                 self._samples.popleft()
             self.slots.reap(now)

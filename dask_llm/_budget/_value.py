@@ -62,11 +62,12 @@ class Budget:
         spell); the cluster's requests otherwise arrive evenly paced. Keep it
         at or below the provider's own burst allowance.
     adaptive : bool, optional
-        Find the request rate by itself: no rate limit until the first 429,
-        then half the rate seen at that moment; +10% every 2 s while no 429
-        comes back and the budget is what holds the job back; halved again
-        on a 429. Default: adaptive exactly when neither ``rpm`` nor ``tpm``
-        is given.
+        Find the request rate by itself: no rate limit until 429s come
+        back for at least a tenth of a worker's recent requests (fewer are
+        stray: they cost a pause, not speed), then a little under the rate
+        the provider was answering; +10% every 2 s while no such 429 comes
+        back and the budget is what holds the job back; down again on 429s.
+        Default: adaptive exactly when neither ``rpm`` nor ``tpm`` is given.
         Limits announced by the provider's ``x-ratelimit-limit-*`` headers
         are adopted in either mode (the lower of them and ``rpm``/``tpm``).
 

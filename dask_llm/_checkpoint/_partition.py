@@ -196,6 +196,16 @@ class PartitionCheckpoint:
         """The stored fields of each row (null where it is to be called)."""
         return self.found.records
 
+    def restored_by_run(self) -> tuple[int, int, int]:
+        """The restored rows as progress counts them: from earlier runs, and
+        from earlier attempts of this run (a restarted task), with how many
+        of the latter are errors. Told apart by when each row finished."""
+        started = int(self.ckpt.epoch.split("-")[0] or 0) / 1e9
+        records = self.found.records
+        this_run = self.restored & (records["finished_at"].to_numpy(dtype=float, na_value=0.0) >= started)
+        errors = int((this_run & records["error"].notna().to_numpy()).sum())
+        return int((self.restored & ~this_run).sum()), int(this_run.sum()), errors
+
     def journal(self) -> JournalWriter:
         """A journal writer for the rows about to be called (a context manager)."""
         self._writer = JournalWriter(self.store, self.journal_dir, self.ids, self.index)

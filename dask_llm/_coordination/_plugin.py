@@ -12,6 +12,7 @@ client that leaves the cluster is dropped from every budget immediately.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from ._protocol import OPS, PUSH_GRANT
 from ._state import CoordinatorState, Pushes
 
 __all__ = ["PLUGIN_NAME", "CoordinatorPlugin"]
+
+logger = logging.getLogger("dask_llm.coordination")
 
 PLUGIN_NAME = "dask-llm"
 #: Seconds between two looks at whether holders wait for concurrency slots.
@@ -34,7 +37,10 @@ class CoordinatorPlugin(SchedulerPlugin):
     idempotent = True
 
     def __init__(self) -> None:
+        from .._observe import JobBoard
+
         self.state = CoordinatorState(self._slots_contended)
+        self.board = JobBoard()
         self.scheduler: Any = None
 
     async def start(self, scheduler: Any) -> None:
@@ -47,6 +53,38 @@ class CoordinatorPlugin(SchedulerPlugin):
         scheduler.periodic_callbacks["dask-llm-contention"] = pc
         pc.start()
         scheduler.handlers.update({f"dask_llm_{op}": self._handler(op) for op in OPS})
+        self._observe(scheduler)
+
+    def _observe(self, scheduler: Any) -> None:
+        """The dashboard page and the Prometheus metrics (see :mod:`dask_llm._observe`).
+
+        They are views: whatever goes wrong here is logged, never a reason
+        for the plugin, or a job, to fail.
+        """
+        from .._observe import install_routes
+        from .._observe._metrics import register
+
+        try:
+            # What the cluster said before this plugin existed (the broker
+            # keeps the last events of each topic): jobs announced or running.
+            for topic, events in scheduler.get_events().items():
+                if isinstance(topic, str) and topic.startswith("dask-llm-"):
+                    for _, msg in events:
+                        self.board.event(topic, msg)
+            install_routes(scheduler, self.name)
+            register(self)
+        except Exception:
+            logger.warning("dask-llm: no dashboard page or metrics on this scheduler", exc_info=True)
+
+    async def close(self) -> None:
+        from .._observe._metrics import unregister
+
+        unregister(self)
+
+    def log_event(self, topic: str | Any, msg: Any) -> None:
+        """Every event of the cluster passes here: the progress of dask-llm's jobs feeds the board."""
+        if isinstance(topic, str) and topic.startswith("dask-llm-"):
+            self.board.event(topic, msg)
 
     def _handler(self, op: str) -> Any:
         def handle(holder: str = "", **fields: Any) -> Any:

@@ -14,7 +14,8 @@ Requests (``call(op, **fields)``, answered):
                        ``limits``, ``demand``, ``learned``, ``saturated``,
                        ``observed``, ``slots`` -> a grant (dict)
 ``budget_release``     the holder went idle: ``name``
-``budget_penalize``    a 429 answered the holder: ``name``, ``seconds``, ``observed``
+``budget_penalize``    a 429 answered the holder: ``name``, ``seconds``, ``observed``,
+                       ``sent`` (rates per minute)
 ``budget_stats``       ``name`` -> limits, holders, message counts
 ``spend_reserve``      reserve one attempt's estimate: cap fields, ``cost``,
                        ``tokens`` -> ``"go"`` / ``"wait"`` / ``"exhausted"``

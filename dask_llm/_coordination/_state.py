@@ -95,13 +95,19 @@ class CoordinatorState:
         return self._pushes(name, entry, entry.allocator.release(holder, now))
 
     def budget_penalize(
-        self, now: float, holder: str, name: str, seconds: float, observed: float | None = None
+        self,
+        now: float,
+        holder: str,
+        name: str,
+        seconds: float,
+        observed: float | None = None,
+        sent: float | None = None,
     ) -> Pushes:
         entry = self.budgets.get(name)
         if entry is None:
             return {}
         entry.messages["penalize"] += 1
-        return self._pushes(name, entry, entry.allocator.penalize(holder, seconds, now, observed))
+        return self._pushes(name, entry, entry.allocator.penalize(holder, seconds, now, observed, sent))
 
     def budget_stats(self, name: str) -> dict[str, Any] | None:
         entry = self.budgets.get(name)

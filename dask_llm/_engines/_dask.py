@@ -14,6 +14,7 @@ from typing import Any
 import dask.dataframe as dd
 import pandas as pd
 
+from .._observe._announce import announce
 from .._run import Job, enrich_batch, watch_local_computes
 from .._run._batch import Submitted, collect_rows, submit_rows
 
@@ -25,6 +26,7 @@ def enrich_dask(ddf: dd.DataFrame, job: Job) -> dd.DataFrame:
     # On the local schedulers, a failed or interrupted compute stops the
     # partitions' calls (dask itself would let them run on).
     watch_local_computes()
+    job = announce(job, partitions=ddf.npartitions)
     meta = pd.concat([ddf._meta, job.outputs.empty(ddf._meta.index)], axis=1)
     if job.batch is not None:
         return _two_phases(ddf, job, meta)

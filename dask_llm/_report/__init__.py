@@ -4,12 +4,12 @@ Built from the checkpoint alone (manifest, ledger, dataset files), so it
 works on any fsspec storage, after the run, during it (rows still in
 journals are counted), and after any number of resumed runs::
 
-    from dask_llm._report import report
-    r = report("s3://bucket/runs/tickets-v1/", html="report.html", png="charts/")
+    import dask_llm
+    r = dask_llm.report("s3://bucket/runs/tickets-v1/", html="report.html", png="charts/")
     print(r)                   # the headline figures
     r.calls, r.cost, r.latency_p95
 
-or ``python -m dask_llm._report CHECKPOINT --html report.html --png charts/``.
+or ``dask-llm report CHECKPOINT --html report.html --png charts/``.
 
 Modules, one idea each:
 
@@ -19,8 +19,9 @@ Modules, one idea each:
 - ``_svg``: the charts as hand-written inline SVG;
 - ``_html``: the self-contained page;
 - ``_png``: the charts as PNGs via matplotlib (optional);
-- ``_format``: how numbers, durations and times are written;
-- ``_cli``: the command line.
+- ``_format``: how numbers, durations and times are written.
+
+The command line is ``dask_llm.cli._report``.
 """
 
 from __future__ import annotations

@@ -210,7 +210,9 @@ def collect_rows(
     saved, ids, todo = _plan_rows(frame, job, number)
     n = len(frame)
     outcomes: dict[int, Outcome] = {}
-    report = partition_progress(job.progress, coord, restored=n - len(todo), part=str(number))
+    earlier, resumed, resumed_errors = saved.restored_by_run() if saved is not None else (n - len(todo), 0, 0)
+    report = partition_progress(job.progress, coord, restored=earlier, part=str(number), size=n,
+                                resumed=(resumed, resumed_errors))  # fmt: skip
     # As in the synchronous path, the rows are journaled before the partition
     # stops counting as running (a stop that waits for it finds them saved).
     with running(job.progress.topic if job.progress is not None else None) as handle, report:

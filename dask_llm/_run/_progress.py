@@ -25,6 +25,8 @@ itself: cancelling a future only drops its result.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
@@ -39,18 +41,21 @@ from .._errors import DaskLLMError
 
 __all__ = [
     "COUNTS",
+    "PROGRESS_PREFIX",
     "Cancelled",
     "ProgressChannel",
     "Snapshot",
     "Tally",
     "active",
+    "calling",
     "cancel",
     "collect",
     "partition_progress",
 ]
 
 #: What a batch counts: rows called, rows restored from a checkpoint, rows
-#: that failed, tokens, calls (attempts) and 429 answers. The per-row counts
+#: that failed, tokens, calls (attempts), the calls that answered a row
+#: (its last attempt, when it succeeded) and 429 answers. The per-row counts
 #: travel as each partition attempt's running totals (under :data:`PARTS`),
 #: so that a restarted partition's rows are counted once; the others (what
 #: was spent) as increments.
@@ -61,6 +66,7 @@ COUNTS = (
     "prompt_tokens",
     "completion_tokens",
     "calls",
+    "calls_ok",
     "rate_limited",
     # With the Batch API: batches created and ended, their requests, and how
     # many of those the provider reports done.
@@ -81,6 +87,32 @@ class Cancelled(DaskLLMError):
     """The run was cancelled (Ctrl+C); raised in the partitions still running."""
 
 
+#: Every progress topic starts so (the scheduler's dashboard page finds them by it).
+PROGRESS_PREFIX = "dask-llm-progress-"
+#: This process, as the progress batches name it.
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+#: Calls in flight per topic in this process (see :func:`calling`).
+_in_flight: Counter[str] = Counter()
+_in_flight_lock = threading.Lock()
+
+
+@contextmanager
+def calling(topic: str | None) -> Iterator[None]:
+    """Count a call of the run on ``topic`` as in flight while inside."""
+    if topic is None:
+        yield
+        return
+    with _in_flight_lock:
+        _in_flight[topic] += 1
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight[topic] -= 1
+            if _in_flight[topic] <= 0:
+                del _in_flight[topic]
+
+
 @dataclass(frozen=True)
 class ProgressChannel:
     """Where the partitions of one run report progress; travels in the task graph.
@@ -98,7 +130,7 @@ class ProgressChannel:
 
     @classmethod
     def new(cls, interval: float = 0.5) -> ProgressChannel:
-        return cls(f"dask-llm-progress-{uuid.uuid4().hex[:16]}", interval)
+        return cls(f"{PROGRESS_PREFIX}{uuid.uuid4().hex[:16]}", interval)
 
 
 class _Outcome(Protocol):
@@ -155,16 +187,16 @@ class _Publisher:
         self.channel = channel
         self._send = send
         self._counts: Counter[str] = Counter()
-        self._parts: dict[str, list[Any]] = {}  # part -> [attempt, rows, restored, errors], cumulative
+        self._parts: dict[str, list[Any]] = {}  # part -> [attempt, rows, restored, errors, size], cumulative
         self._changed: set[str] = set()  # parts to send at the next flush
         self._lock = threading.Lock()
         self._last = 0.0
         self._timer: threading.Timer | None = None
 
-    def add(self, counts: Mapping[str, int], part: tuple[str, str] | None = None) -> None:
+    def add(self, counts: Mapping[str, int], part: tuple[str, str] | None = None, size: int | None = None) -> None:
         """Add increments; the per-row ones (``rows``, ``restored``,
         ``errors``) go to the cumulative counts of ``part`` (its label and
-        attempt) when given."""
+        attempt) when given, ``size`` being the partition's rows."""
         with self._lock:
             if part is None:
                 self._counts.update(counts)
@@ -172,7 +204,7 @@ class _Publisher:
                 label, attempt = part
                 entry = self._parts.get(label)
                 if entry is None or entry[0] != attempt:
-                    entry = self._parts[label] = [attempt, 0, 0, 0]
+                    entry = self._parts[label] = [attempt, 0, 0, 0, size]
                 entry[1] += counts.get("rows", 0)
                 entry[2] += counts.get("restored", 0)
                 entry[3] += counts.get("errors", 0)
@@ -199,6 +231,8 @@ class _Publisher:
             self._last = time.monotonic()
             self._timer = None
         if batch:
+            # A gauge, not a count: the calls of this run in flight in this process now.
+            batch["in_flight"] = {_PROCESS: _in_flight[self.channel.topic]}
             try:
                 self._send(batch)
             except Exception:  # progress must never fail a paid row
@@ -228,7 +262,15 @@ class PartitionProgress:
     what is still counted.
     """
 
-    def __init__(self, channel: ProgressChannel, coordinator: Coordinator, restored: int, part: str) -> None:
+    def __init__(
+        self,
+        channel: ProgressChannel,
+        coordinator: Coordinator,
+        restored: int,
+        part: str,
+        size: int | None,
+        resumed: tuple[int, int] = (0, 0),
+    ) -> None:
         self.topic = channel.topic
         if self.topic in _cancelled:
             raise Cancelled("run cancelled")
@@ -236,7 +278,8 @@ class PartitionProgress:
         # An attempt of this partition: a later one (a restarted task) replaces
         # the earlier one's row counts instead of adding to them.
         self._part = (part, f"{time.time():.6f}-{uuid.uuid4().hex[:6]}")
-        self._pub.add({"restored": restored}, self._part)
+        rows, errors = resumed
+        self._pub.add({"restored": restored, "rows": rows, "errors": errors}, self._part, size)
 
     def __enter__(self) -> PartitionProgress:
         with _registry_lock:
@@ -263,6 +306,7 @@ class PartitionProgress:
                 "prompt_tokens": outcome.prompt_tokens or 0,
                 "completion_tokens": outcome.completion_tokens or 0,
                 "calls": outcome.attempts,
+                "calls_ok": int(outcome.error is None and outcome.attempts > 0),
                 "rate_limited": getattr(outcome, "rate_limited", 0),
             },
             self._part,
@@ -288,7 +332,12 @@ _SILENT = _Silent()
 
 
 def partition_progress(
-    channel: ProgressChannel | None, coordinator: Coordinator, restored: int = 0, part: str = "0"
+    channel: ProgressChannel | None,
+    coordinator: Coordinator,
+    restored: int = 0,
+    part: str = "0",
+    size: int | None = None,
+    resumed: tuple[int, int] = (0, 0),
 ) -> PartitionProgress | _Silent:
     """The reporter for a partition about to run, in the thread running its task.
 
@@ -302,14 +351,22 @@ def partition_progress(
         The partition's label within the run: the rows of a partition are
         counted once, whatever attempts of it run.
     restored : int
-        Rows of the partition that a checkpoint already holds.
+        Rows of the partition that a checkpoint holds from an earlier run.
+    resumed : (int, int)
+        Rows (and of those, errors) that an earlier attempt of this very
+        run saved, e.g. before its worker died: counted as rows of the run,
+        as they were when that attempt reported them, so that the run's
+        counts never go down when a task starts again.
+    size : int, optional
+        Rows of the partition: the run's total, once every partition has
+        reported, and an estimate until then (see :attr:`Snapshot.seen`).
 
     Raises
     ------
     Cancelled
         The run was cancelled before this partition started.
     """
-    return _SILENT if channel is None else PartitionProgress(channel, coordinator, restored, part)
+    return _SILENT if channel is None else PartitionProgress(channel, coordinator, restored, part, size, resumed)
 
 
 # ---------------------------------------------------------------- client side
@@ -332,11 +389,15 @@ class Snapshot:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
+    calls_ok: int = 0
     rate_limited: int = 0
     batches: int = 0
     batches_done: int = 0
     batch_requests: int = 0
     batch_completed: int = 0
+    #: Partitions that reported their size, and their rows in all.
+    parts_seen: int = 0
+    rows_seen: int = 0
 
     @property
     def done(self) -> int:
@@ -387,6 +448,8 @@ class Tally:
             counts = dict(self._counts)
             for name, at in (("rows", 1), ("restored", 2), ("errors", 3)):
                 counts[name] = counts.get(name, 0) + sum(int(e[at]) for e in self._parts.values())
+            sizes = [int(e[4]) for e in self._parts.values() if len(e) > 4 and e[4] is not None]
+            counts["parts_seen"], counts["rows_seen"] = len(sizes), sum(sizes)
             rows = counts.get("rows", 0)
             history = self._history
             history.append((now, rows))

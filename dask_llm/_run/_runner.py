@@ -47,12 +47,13 @@ from .._cost._cache import CachedAnswer
 from .._cost._spend import SpendCounter, SpendGate, counter_for
 from .._errors import (
     AuthenticationError,
+    EndpointError,
     EndpointUnreachableError,
     ModelNotFoundError,
     RowError,
 )
 from ._job import Job, Outcome
-from ._progress import Cancelled, partition_progress
+from ._progress import Cancelled, calling, partition_progress
 from ._stopping import STOP_GRACE, Stoppable, running, task_released
 
 __all__ = ["Batch", "enrich_batch", "run_rows", "to_columns"]
@@ -109,36 +110,41 @@ def enrich_batch(
     if coordinator is None:
         coordinator = connect(job.coordinator) if job.coordinator is not None else current_coordinator()
     label = part if part is not None else str(number)
-    # Checkpoint: rows already paid for are restored, not called.
-    ckpt = job.checkpoint
-    if ckpt is None:
-        return _enrich(frame, job, coordinator, None, limiter, label)
-    saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                           partition_info={"number": number})  # fmt: skip
-    if not saved.todo:
-        return _enrich(frame, job, coordinator, saved, limiter, label)
-    if _wait_for_lease(coordinator, saved.key):
-        # Another copy of these rows (a speculative task, a second action)
-        # ran meanwhile: what it paid for is in the ledger now.
+    # Registered as running before anything else: a stop that comes while
+    # the partition reads the ledger or renders its prompts reaches it too
+    # (a partition that missed it would go on calling after the run ended).
+    with running(job.progress.topic if job.progress is not None else None) as handle:
+        # Checkpoint: rows already paid for are restored, not called.
+        ckpt = job.checkpoint
+        if ckpt is None:
+            return _enrich(frame, job, coordinator, None, limiter, label, handle)
         saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
                                partition_info={"number": number})  # fmt: skip
-    try:
-        return _enrich(frame, job, coordinator, saved, limiter, label)
-    finally:
-        coordinator.call("partition_release", key=saved.key)
+        if not saved.todo:
+            return _enrich(frame, job, coordinator, saved, limiter, label, handle)
+        if _wait_for_lease(coordinator, saved.key, handle):
+            # Another copy of these rows (a speculative task, a second action)
+            # ran meanwhile: what it paid for is in the ledger now.
+            saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
+                                   partition_info={"number": number})  # fmt: skip
+        try:
+            return _enrich(frame, job, coordinator, saved, limiter, label, handle)
+        finally:
+            coordinator.call("partition_release", key=saved.key)
 
 
 #: Seconds between two asks for a partition another copy is running.
 LEASE_POLL = 0.5
 
 
-def _wait_for_lease(coordinator: Coordinator, key: str) -> bool:
+def _wait_for_lease(coordinator: Coordinator, key: str, handle: Stoppable) -> bool:
     """Take the partition's lease on the coordinator, waiting while another
     process runs the same rows; whether it had to wait."""
     waited = False
     while not coordinator.call("partition_lease", key=key):
         waited = True
-        time.sleep(LEASE_POLL)
+        if handle.draining.wait(LEASE_POLL):
+            raise Cancelled(f"run stopped: {handle.reason}")
     return waited
 
 
@@ -149,10 +155,14 @@ def _enrich(
     saved: PartitionCheckpoint | None,
     limiter: Limiter | None,
     part: str,
+    handle: Stoppable,
 ) -> pd.DataFrame:
     n = len(frame)
     todo = saved.todo if saved is not None else list(range(n))
-    report = partition_progress(job.progress, coordinator, restored=n - len(todo), part=part)  # no-op without a channel
+    # A no-op without a progress channel.
+    earlier, resumed, resumed_errors = saved.restored_by_run() if saved is not None else (0, 0, 0)
+    report = partition_progress(job.progress, coordinator, restored=earlier, part=part, size=n,
+                                resumed=(resumed, resumed_errors))  # fmt: skip
     if saved is not None and saved.complete:
         with report:
             return _result(frame, job.outputs, saved.records)
@@ -176,11 +186,9 @@ def _enrich(
     spend = counter_for(job.spend_cap, coordinator) if job.spend_cap is not None else None
 
     # The journal closes (saving finished rows) before the report and the
-    # stop handle do, so a partition that no longer counts as running (for
-    # progress, or for a stop that waits) has nothing left unsaved.
-    topic = job.progress.topic if job.progress is not None else None
+    # stop handle (the caller's) do, so a partition that no longer counts as
+    # running (for progress, or for a stop that waits) has nothing left unsaved.
     with (
-        running(topic) as handle,
         report,
         saved.journal() if saved is not None else contextlib.nullcontext() as journal,
     ):
@@ -308,6 +316,7 @@ class _Pool:
         self.limiter = limiter
         self.labels = labels
         self.n_threads = max(1, min(job.threads, len(rows)))
+        self.topic = job.progress.topic if job.progress is not None else None
         self.unreachable_after = min(UNREACHABLE_AFTER, len(rows))
         self._rows = iter(rows)
         self._lock = threading.Lock()
@@ -358,9 +367,11 @@ class _Pool:
         with self._lock:
             if self._error is None:
                 self._error = exc
-        # A failed row (fail-fast): the calls in flight may finish and be kept.
-        # An endpoint-wide error: every one of them would fail alike, cut them now.
-        grace = STOP_GRACE if isinstance(exc, RowError) else 0.0
+        # An endpoint-wide error: every call in flight would fail alike, cut
+        # them now. Anything else (a failed row with fail-fast, a cancelled
+        # run): they may finish and be kept, since the provider bills them
+        # either way.
+        grace = 0.0 if isinstance(exc, EndpointError) else STOP_GRACE
         if self._handle is not None:
             self._handle.request_stop(type(exc).__name__, grace)
         else:
@@ -438,7 +449,8 @@ class _Pool:
                 return None
             calls += 1
             try:
-                answer = complete(job.endpoint, request, self._stop)
+                with calling(self.topic):
+                    answer = complete(job.endpoint, request, self._stop)
             except Exception as exc:
                 self.spend.settle(charge, None, None)
                 failure = classify(exc, job.endpoint.timeout)
@@ -476,7 +488,9 @@ class _Pool:
                 # this row waits at least the provider's hint.
                 rate_limited += 1
                 limited_streak += 1
-                limiter.penalize(failure.retry_after)
+                hint = failure.retry_after
+                # The pause every thread of the budget takes obeys the same cap as the row's own wait.
+                limiter.penalize(None if hint is None else min(hint, retry.max_retry_after))
                 wait = retry.rate_limit_delay(limited_streak, failure.retry_after, rng)
                 if waited_for_limits + wait > retry.max_rate_limit_wait:
                     return outcome(

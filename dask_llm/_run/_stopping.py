@@ -62,6 +62,9 @@ class Stoppable:
 
 
 _running: set[Stoppable] = set()
+#: Runs stopped in this process: a partition of one that registers later
+#: (its task had started, but not its pool, when the stop came) stops at once.
+_stopped_topics: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -71,6 +74,9 @@ def running(topic: str | None) -> Iterator[Stoppable]:
     handle = Stoppable(topic)
     with _lock:
         _running.add(handle)
+        stopped = topic is not None and topic in _stopped_topics
+    if stopped:
+        handle.request_stop("cancelled", grace=0.0)
     try:
         yield handle
     finally:
@@ -82,6 +88,7 @@ def running(topic: str | None) -> Iterator[Stoppable]:
 def stop_topic(topic: str) -> int:
     """Stop the pools of the run published on ``topic`` in this process; how many."""
     with _lock:
+        _stopped_topics.add(topic)
         hits = [h for h in _running if h.topic == topic]
     for handle in hits:
         handle.request_stop("cancelled")

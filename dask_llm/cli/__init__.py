@@ -4,6 +4,7 @@
 
     dask-llm run INPUT OUTPUT --prompt ... --column ... --model ...   enrich a file
     dask-llm status CHECKPOINT                                        what a checkpoint holds
+    dask-llm report CHECKPOINT [--html FILE] [--png DIR]              what a run did: charts, figures
     dask-llm simulate [--port 8000 ...]                               the built-in simulator
     dask-llm bench --base-url URL --model M                           how much concurrency pays
 
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 
 from .._errors import DaskLLMError, vocabulary
 from ..simulator import _cli as simulator_cli
-from ._args import add_bench_arguments, add_run_arguments, add_status_arguments
+from ._args import add_bench_arguments, add_report_arguments, add_run_arguments, add_status_arguments
 
 __all__ = ["build_parser", "main"]
 
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_status_arguments(status)
     status.set_defaults(handler=_lazy("._status", "run"))
+
+    report = commands.add_parser(
+        "report", parents=[common], help="report on a run: throughput, 429s, latency, cost, slowest rows",
+        description="Figures and charts of the run stored in a checkpoint (during the run too): throughput "
+        "and 429s over time, latency percentiles, retries, tokens and cost by outcome, the slowest rows.",
+    )  # fmt: skip
+    add_report_arguments(report)
+    report.set_defaults(handler=_lazy("._report", "run"))
 
     simulate = commands.add_parser(
         "simulate", parents=[common], help="serve the OpenAI-compatible simulator",

@@ -106,6 +106,15 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fsspec option for CHECKPOINT, as for dask-llm run")  # fmt: skip
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="the --checkpoint folder or URL of a run")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (path or URL)")
+    parser.add_argument("--png", metavar="DIR", help="write one PNG per chart into DIR (needs matplotlib)")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec option for CHECKPOINT and the files written, as for dask-llm run")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of text")
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="OpenAI-compatible API root (default: OPENAI_BASE_URL, else OpenAI)")
     parser.add_argument("--api-key", help="API key (default: OPENAI_API_KEY)")

@@ -34,6 +34,7 @@ from .._core._store import open_store
 from .._cost._pricing import price_for
 from .._cost._summary import RunSummary
 from .._errors import ConfigError
+from .._observe import JOBS_TOPIC
 from .._run._progress import ProgressChannel, Snapshot, Tally, cancel, collect
 from ._io import TOTALS, Output, auto_partitions, read_input
 from ._progress_line import ProgressPrinter
@@ -281,11 +282,14 @@ def run(args: argparse.Namespace) -> int:
                 ddf = ddf.repartition(npartitions=wanted)
         with storage_errors("checkpoint", args.checkpoint or ""):
             out = enrich(ddf, args.prompt, args.column, args.model, **kwargs)
+        if sched.client is not None:
+            # The dashboard page shows "of N" with the row count this command knows.
+            sched.client.log_event(JOBS_TOPIC, {"topic": channel.topic, "total": total})
         if args.checkpoint:
             _save_run_info(args, options, total, ddf.npartitions)
         with storage_errors("output", args.output):
             lazy = output.write(out, outputs)
-        where = sched.description + (f"; dashboard {sched.dashboard}" if sched.dashboard else "")
+        where = sched.description + (f"; progress page {sched.dashboard}" if sched.dashboard else "")
         err.write(
             f"dask-llm run: {total:,} rows in {ddf.npartitions} partitions, model {args.model} "
             f"at {endpoint.display_url}; {where}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import signal
 import threading
@@ -55,18 +54,16 @@ def open_scheduler(kind: str, workers: int, verbose: bool = False) -> Iterator[S
 
     if kind == "local":
         with _sigint_ignored():
-            # A free port: the default 8787 may belong to another cluster.
+            # Not the default 8787: it may belong to another cluster.
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=":0",
+                dashboard_address="127.0.0.1:0",  # a free port, on this machine only
                 silence_logs=logging.INFO if verbose else logging.ERROR,
             )
         with cluster, Client(cluster) as client:
-            # Without bokeh the dashboard pages are empty: no link then.
-            link = _dashboard(client) if importlib.util.find_spec("bokeh") else None
-            yield Scheduler(client, f"LocalCluster of {workers} worker processes", link, parallel=workers)
+            yield Scheduler(client, f"LocalCluster of {workers} worker processes", _dashboard(client), parallel=workers)
         return
     try:
         client = Client(kind, timeout="10s")
@@ -100,5 +97,25 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _dashboard(client: Any) -> str | None:
-    services = client.scheduler_info().get("services", {})
-    return client.dashboard_link if "dashboard" in services else None
+    """The link to dask-llm's page on the cluster's dashboard, if it answers.
+
+    The page is plain HTML served by the scheduler itself, so it works with
+    or without bokeh (dask's own pages need bokeh; without it they only say
+    so). Its plugin is registered here, before the job, so that the link is
+    checked, not assumed: a scheduler without a dashboard, or one we may not
+    extend, gets no link.
+    """
+    import urllib.request
+
+    from .._coordination._plugin import PLUGIN_NAME, CoordinatorPlugin
+    from .._observe import page_link
+
+    try:
+        link = page_link(client.dashboard_link)
+        if link is None:
+            return None
+        client.register_plugin(CoordinatorPlugin(), name=PLUGIN_NAME)
+        with urllib.request.urlopen(link + "api/jobs.json", timeout=5) as answer:
+            return link if answer.status == 200 else None
+    except Exception:  # no dashboard, or not reachable from here: no link
+        return None
