@@ -10,10 +10,11 @@ baseline measured in the same run:
    no budget (the 429 storm) and with ``Budget(rpm=1200)``.
 2. TPM wall: the same with only a TPM limit binding.
 3. Coordination cost: budget messages to/from the scheduler per request
-   (counted in the scheduler: the budget plugin's handlers and pushes, the
-   semaphore's acquire/release/refresh, plugin registration), and CPU per
-   request of the whole cluster (workers + scheduler) against the openai
-   client called directly from a thread pool in one process.
+   (counted in the scheduler: the budget plugin's handlers and pushes,
+   plugin registration), for the rate budget and for ``max_concurrency``
+   at 10x and 30x max_concurrency requests, and CPU per request of the
+   whole cluster (workers + scheduler) against the openai client called
+   directly from a thread pool in one process.
 4. Sweep of threads per partition, 1 to 256, with and without the budget:
    where the rate-limit wall begins (table + PNG).
 
@@ -23,6 +24,8 @@ flatter short runs) to the last one, on the simulator's own clock.
 
 Run:  python bench/bench_budget.py            (about 15 minutes)
       python bench/bench_budget.py --quick    (smaller, for a smoke test)
+      python bench/bench_budget.py --only rpm,concurrency   (re-run some scenarios,
+                                               keep the others' saved figures)
       python bench/bench_budget.py --report-only   (rewrite the .md/.png from the .json)
 """
 
@@ -70,7 +73,7 @@ def tickets(n: int, run: str) -> pd.DataFrame:
 
 # -- scheduler-side message counting ------------------------------------------------
 
-_COUNTED = ("semaphore_", "dask_llm_budget_lease", "dask_llm_budget_release", "dask_llm_budget_penalize")
+_COUNTED = ("dask_llm_budget_lease", "dask_llm_budget_release", "dask_llm_budget_penalize")
 
 
 def _install_counters(dask_scheduler: Any) -> None:
@@ -125,7 +128,7 @@ def run_job(
         "m",
         endpoint=endpoint,
         threads=threads,
-        budget=budget,
+        budget=False if budget is None else budget,  # None: no budget at all (not the adaptive default)
         max_tokens=max_tokens,
         retry=RetryPolicy(max_attempts=6),
     )
@@ -133,7 +136,10 @@ def run_job(
     start = time.perf_counter()
     result = client.compute(out).result()
     wall = time.perf_counter() - start
-    cpu1, msgs1 = cluster_cpu(client), client.run_on_scheduler(_read_counters)
+    cpu1 = cluster_cpu(client)
+    if budget is not None:
+        time.sleep(1.5)  # the workers hand their shares back once idle: count those messages too
+    msgs1 = client.run_on_scheduler(_read_counters)
     stats = sim.stats()
     times = sorted(t for t, _ in stats["success_times"])
     tokens = sum(c for _, c in stats["success_times"])
@@ -222,18 +228,32 @@ def direct_thread_pool(sim: Any, rows: int, threads: int) -> dict[str, Any]:
 
 # -- scenarios ----------------------------------------------------------------------------
 
+SCENARIOS = ("rpm", "tpm", "concurrency", "cpu", "sweep")
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer rows and sweep points")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the saved JSON")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)}"
+    )
     args = parser.parse_args()
+    saved_path = RESULTS / f"budget{'-quick' if args.quick else ''}.json"
     if args.report_only:
-        saved = json.loads((RESULTS / f"budget{'-quick' if args.quick else ''}.json").read_text())
+        saved = json.loads(saved_path.read_text())
         write(saved["meta"], saved["results"], args.quick)
         return 0
+    only = set(args.only.split(","))
+    if only - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {sorted(only - set(SCENARIOS))}")
     minutes = 0.5 if args.quick else 1.5  # of traffic at the limit per wall scenario
     results: dict[str, Any] = {}
+    meta_runs: dict[str, str] = {}
+    if only != set(SCENARIOS):
+        saved = json.loads(saved_path.read_text())
+        results, meta_runs = saved["results"], saved["meta"].get("runs", {})
+        meta_runs = meta_runs or {k: saved["meta"]["date"] for k in SCENARIOS}
 
     with (
         dask.config.set({"distributed.worker.daemon": True}),
@@ -247,61 +267,80 @@ def main() -> int:
 
         # 1. RPM wall --------------------------------------------------------------
         rows = int(RPM * minutes)
-        with Simulator.subprocess(SimulatorConfig(latency=LATENCY, rpm=RPM, seed=0)) as sim:
-            run_job(client, sim, 60, 8, Budget(rpm=RPM), "warm-up")  # imports, connections
-            results["rpm_no_budget"] = run_job(client, sim, rows, 32, None, "rpm-none")
-            results["rpm_budget"] = run_job(client, sim, rows, 32, Budget(rpm=RPM), "rpm-budget")
-            results["rpm_budget_concurrency"] = run_job(
-                client, sim, rows, 32, Budget(rpm=RPM, max_concurrency=64), "rpm-budget-mc"
-            )
-            print(json.dumps({k: results[k] for k in results}, indent=1), flush=True)
+        if "rpm" in only:
+            with Simulator.subprocess(SimulatorConfig(latency=LATENCY, rpm=RPM, seed=0)) as sim:
+                run_job(client, sim, 60, 8, Budget(rpm=RPM), "warm-up")  # imports, connections
+                results["rpm_no_budget"] = run_job(client, sim, rows, 32, None, "rpm-none")
+                results["rpm_budget"] = run_job(client, sim, rows, 32, Budget(rpm=RPM), "rpm-budget")
+                results["rpm_budget_concurrency"] = run_job(
+                    client, sim, rows, 32, Budget(rpm=RPM, max_concurrency=64), "rpm-budget-mc"
+                )
+                print(json.dumps({k: results[k] for k in results}, indent=1), flush=True)
 
         # 2. TPM wall ------------------------------------------------------------------
         # ~12 prompt tokens + 40 max_tokens = ~52 charged per request: ~770 requests/min.
-        with Simulator.subprocess(SimulatorConfig(latency=LATENCY, tpm=TPM, seed=0)) as sim:
-            rows_t = int(TPM / 52 * minutes)
-            results["tpm_no_budget"] = run_job(client, sim, rows_t, 32, None, "tpm-none", MAX_TOKENS)
-            results["tpm_budget"] = run_job(client, sim, rows_t, 32, Budget(tpm=TPM), "tpm-budget", MAX_TOKENS)
-            print(json.dumps({k: results[k] for k in ("tpm_no_budget", "tpm_budget")}, indent=1), flush=True)
+        if "tpm" in only:
+            with Simulator.subprocess(SimulatorConfig(latency=LATENCY, tpm=TPM, seed=0)) as sim:
+                rows_t = int(TPM / 52 * minutes)
+                results["tpm_no_budget"] = run_job(client, sim, rows_t, 32, None, "tpm-none", MAX_TOKENS)
+                results["tpm_budget"] = run_job(client, sim, rows_t, 32, Budget(tpm=TPM), "tpm-budget", MAX_TOKENS)
+                print(json.dumps({k: results[k] for k in ("tpm_no_budget", "tpm_budget")}, indent=1), flush=True)
 
-        # 3. CPU per request, no limit binding -----------------------------------------------
+        # 3a. max_concurrency alone, demand above it: 3 workers x 32 threads, 64 slots,
+        # jobs of 10x and 30x max_concurrency requests.
+        if "concurrency" in only:
+            with Simulator.subprocess(SimulatorConfig(latency=LATENCY, seed=0)) as sim:
+                run_job(client, sim, 60, 8, Budget(max_concurrency=8), "mc-warm-up")  # imports, connections
+                # A fixed rate far above demand: the slots' own messages. Then
+                # max_concurrency alone, whose rate is adaptive (renewed every
+                # 2 s to probe): those renewals are the adaptive rate's cost.
+                results["concurrency"] = [
+                    run_job(client, sim, n, 32, Budget(max_concurrency=64, rpm=100_000), f"mc-{n}") for n in (640, 1920)
+                ] + [run_job(client, sim, 640, 32, Budget(max_concurrency=64), "mc-adaptive-640")]
+                print(json.dumps(results["concurrency"], indent=1), flush=True)
+
+        # 3b. CPU per request, no limit binding -----------------------------------------------
         cpu_rows = 600 if args.quick else 3000
-        with Simulator.subprocess(SimulatorConfig(latency=0.05, seed=0)) as sim:
-            run_job(client, sim, 300, 32, None, "cpu-warm")
-            # Alternating repeats; the least CPU of each kind is kept (noise
-            # only ever adds: heartbeats, the other processes on 2 cores).
-            runs: dict[str, list[dict[str, Any]]] = {"direct": [], "none": [], "budget": []}
-            for rep in range(3):
-                runs["direct"].append(direct_thread_pool(sim, cpu_rows, 32))
-                runs["none"].append(run_job(client, sim, cpu_rows, 32, None, f"cpu-none-{rep}"))
-                runs["budget"].append(
-                    run_job(client, sim, cpu_rows, 32, Budget(rpm=600_000, max_concurrency=96), f"cpu-budget-{rep}")
-                )
-            results["cpu_direct"] = min(runs["direct"], key=lambda r: r["cpu_s"] / r["requests"])
-            results["cpu_dask_no_budget"] = min(runs["none"], key=lambda r: r["cluster_cpu_s"] / r["requests"])
-            results["cpu_dask_budget"] = min(runs["budget"], key=lambda r: r["cluster_cpu_s"] / r["requests"])
-            results["cpu_runs"] = runs
-        results["cpu_budget_path"] = budget_code_path()
+        if "cpu" in only:
+            with Simulator.subprocess(SimulatorConfig(latency=0.05, seed=0)) as sim:
+                run_job(client, sim, 300, 32, None, "cpu-warm")
+                # Alternating repeats; the least CPU of each kind is kept (noise
+                # only ever adds: heartbeats, the other processes on 2 cores).
+                runs: dict[str, list[dict[str, Any]]] = {"direct": [], "none": [], "budget": []}
+                for rep in range(3):
+                    runs["direct"].append(direct_thread_pool(sim, cpu_rows, 32))
+                    runs["none"].append(run_job(client, sim, cpu_rows, 32, None, f"cpu-none-{rep}"))
+                    runs["budget"].append(
+                        run_job(client, sim, cpu_rows, 32, Budget(rpm=600_000, max_concurrency=96), f"cpu-budget-{rep}")
+                    )
+                results["cpu_direct"] = min(runs["direct"], key=lambda r: r["cpu_s"] / r["requests"])
+                results["cpu_dask_no_budget"] = min(runs["none"], key=lambda r: r["cluster_cpu_s"] / r["requests"])
+                results["cpu_dask_budget"] = min(runs["budget"], key=lambda r: r["cluster_cpu_s"] / r["requests"])
+                results["cpu_runs"] = runs
+            results["cpu_budget_path"] = budget_code_path()
 
         # 4. Sweep of threads per partition ----------------------------------------------
         sweep = [1, 4, 32, 256] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
         seconds = 15 if args.quick else 25
         points = []
-        with Simulator.subprocess(SimulatorConfig(latency=LATENCY, rpm=RPM, seed=0)) as sim:
-            for threads in sweep:
-                demand_rpm = WORKERS * threads / LATENCY * 60
-                n = max(3 * WORKERS * 2, int(min(demand_rpm, RPM) / 60 * seconds))
-                point = {"threads": threads, "demand_rpm": demand_rpm}
-                for label, budget in (("none", None), ("budget", Budget(rpm=RPM))):
-                    r = run_job(client, sim, n, threads, budget, f"sweep-{threads}-{label}")
-                    point[label] = r
-                points.append(point)
-                print(threads, point["none"]["achieved_rpm"], point["budget"]["achieved_rpm"], flush=True)
-        results["sweep"] = points
+        if "sweep" in only:
+            with Simulator.subprocess(SimulatorConfig(latency=LATENCY, rpm=RPM, seed=0)) as sim:
+                for threads in sweep:
+                    demand_rpm = WORKERS * threads / LATENCY * 60
+                    n = max(3 * WORKERS * 2, int(min(demand_rpm, RPM) / 60 * seconds))
+                    point = {"threads": threads, "demand_rpm": demand_rpm}
+                    for label, budget in (("none", None), ("budget", Budget(rpm=RPM))):
+                        r = run_job(client, sim, n, threads, budget, f"sweep-{threads}-{label}")
+                        point[label] = r
+                    points.append(point)
+                    print(threads, point["none"]["achieved_rpm"], point["budget"]["achieved_rpm"], flush=True)
+            results["sweep"] = points
 
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = {
         "command": "python bench/bench_budget.py" + (" --quick" if args.quick else ""),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": date,
+        "runs": {**meta_runs, **{k: date for k in only}},
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}",
         "versions": {
             "dask": dask.__version__,
@@ -354,6 +393,11 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
+        *(
+            [f"Scenarios run at: {', '.join(f'{k} {v}' for k, v in meta['runs'].items())} (`--only`)  "]
+            if len(set(meta.get("runs", {}).values())) > 1
+            else []
+        ),
         f"Machine: {meta['machine']}; dask {meta['versions']['dask']}, distributed "
         f"{meta['versions']['distributed']}, openai {meta['versions']['openai']}  ",
         f"Setup: {meta['setup']}. Simulator token buckets hold 5 s of the limit (its default burst).",
@@ -388,8 +432,8 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
         "## 3. Coordination cost",
         "",
         "Messages to or from the scheduler that the budget causes, counted in the scheduler "
-        "(lease/release/penalize handlers, pushed grants, semaphore acquire/release/refresh, "
-        "plugin registration), per request sent:",
+        "(lease/release/penalize handlers, pushed grants, plugin registration), per request sent, "
+        "including the releases once the workers are idle after the job:",
         "",
         "| case | requests | budget messages | per request | by kind |",
         "|---|---:|---:|---:|---|",
@@ -399,10 +443,28 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
         (f"`Budget(rpm={RPM}, max_concurrency=64)`, RPM wall", rc),
         (f"`Budget(tpm={TPM})`, TPM wall", tb),
         ("`Budget(rpm=600000, max_concurrency=96)`, not binding, 0.05 s latency", cb),
+        *(
+            (f"`{r['budget'].split(', name=')[0]})`, 96 threads wanting, {r['requests']:,} requests", r)
+            for r in res.get("concurrency", [])
+        ),
     ):
         lines.append(
             f"| {label} | {r['requests']:,} | {r['budget_messages']} | {r['msgs_per_request']} | {r['messages_by_kind']} |"
         )
+    if res.get("concurrency"):
+        lines += [
+            "",
+            "Concurrency slots, `max_concurrency=64` (3 workers x 32 threads want 96): "
+            + "; ".join(
+                f"`{r['budget'].split(', name=')[0]})`, {r['requests']:,} requests: most in flight at the "
+                f"provider {r['max_in_flight']}, "
+                f"{r['msgs_per_request']} messages per request, wall {r['wall_s']} s"
+                for r in res["concurrency"]
+            )
+            + ". Before this change (`distributed.Semaphore` leases, 2026-11-23 run of this command) the "
+            "`max_concurrency=64` job of scenario 1 cost 321 messages for 1,800 requests (0.178 per request; "
+            "112 acquires, 78 releases, 42 lease refreshes).",
+        ]
     lines += [
         "",
         f"CPU per request, limits not binding, least of 3 alternating runs each (simulator latency 0.05 s, {cb['requests']:,} requests, 32 threads "
@@ -438,11 +500,10 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
             f"| {b['pct_429']}% | {b['failed_rows']} |"
         )
     lines += ["", f"![sweep]({png.name})", ""]
-    sem = {k: v for k, v in rc["messages_by_kind"].items() if k.startswith("semaphore_")}
     lines += [
         "## How to read the message counts",
         "",
-        "The rate budget lives in the scheduler (`BudgetPlugin`); each worker process holds a *share* of",
+        "The rate budget lives in the scheduler (`CoordinatorPlugin`); each worker process holds a *share* of",
         "it (RPM and TPM per minute, weighted by its busy threads) valid for 30 s, renewed every 15 s or",
         "when its demand grows, and spends it locally from two token buckets refilled at that pace, with",
         "no message per request. A newcomer's share is carved out of the others by pushed grants, and a",
@@ -450,14 +511,14 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
         "per 15 s plus a few per worker joining or leaving, whatever the request rate:",
         f"{rb['budget_messages']} messages for {rb['requests']:,} requests here.",
         "",
-        "Concurrency slots are `distributed.Semaphore` leases held per runner thread and pooled per",
-        "process (a slot a finished partition gives back is lent to the next one without a message).",
-        "Their cost is mostly fixed per job, not per request: one acquire and one release per slot",
-        "(the last releases are counted only once the workers go idle, after the job), plus",
-        "distributed's own lease refresh, one message per process every `lease-timeout / 5` (6 s);",
-        f"here {sem}. So `max_concurrency` costs about 2 x max_concurrency messages per job plus one",
-        "per worker process every 6 s: below 0.05 per request once a job sends more than about",
-        "50 x max_concurrency requests, while the rate budget alone is below that from a few hundred.",
+        "Concurrency slots (`max_concurrency`) are granted the same way, as a number of slots per",
+        "process, with the rates: a runner thread takes and gives back a slot locally with no message.",
+        "The number moves when a process joins or leaves, starts a pool with more threads than its",
+        "slots, or has had slots its threads no longer want for 2 s while another waits; a slot taken",
+        "back from a process goes to another only once the first says its threads have let go of it",
+        "(one renewal), so the slots in use never add up to more than `max_concurrency`. The cost is",
+        "a few messages per worker joining and per slot move, not per slot or request:",
+        f"{rc['budget_messages']} messages for {rc['requests']:,} requests in scenario 1.",
         "",
     ]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))

@@ -42,9 +42,9 @@ def answered(out: pd.DataFrame) -> bool:
 
 @pytest.mark.parametrize("style", ["openai", "retry-after", "retry-after-ms", "litellm", "reset", "body", "none"])
 def test_no_row_is_lost_to_429s_without_a_budget(start_sim: Callable[..., Simulator], style: str) -> None:
-    # 32 threads against an endpoint limited to 1,200 requests per minute, no
+    # 32 threads against an endpoint limited to 2,400 requests per minute, no
     # budget given: the adaptive default and the 429 waits keep every row.
-    sim = start_sim(mode="echo", latency=0.2, rpm=1200, burst_seconds=2.0, rate_limit_style=style)
+    sim = start_sim(mode="echo", latency=0.2, rpm=2400, burst_seconds=2.0, rate_limit_style=style)
     out = dask_llm.enrich(frame(200), "Say: {text}", "ans", "m", endpoint=endpoint_for(sim), threads=32)
     assert answered(out)
     stats = sim.stats()

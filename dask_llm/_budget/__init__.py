@@ -9,8 +9,8 @@
 - ``_process``: a process's limiter, which renews its share from the
   allocator through the job's coordinator (passed in, never imported).
 
-May import: ``_config``, ``_errors``; ``distributed`` nowhere (a cluster
-semaphore, when there is one, comes from the coordinator).
+May import: ``_config``, ``_errors``; ``distributed`` nowhere (the
+allocator is reached through the coordinator passed in).
 """
 
 from ._limiter import Limiter, Unlimited

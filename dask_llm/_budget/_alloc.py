@@ -13,12 +13,21 @@ Invariant: the shares of unexpired grants add up to at most the limit.
 A holder that joins, leaves or changes its demand changes the others'
 shares; the caller pushes those revised grants (see :meth:`Allocator.lease`).
 
+Concurrency slots (``max_concurrency``) are granted the same way, as a
+whole number of slots per holder, so that a runner thread takes and gives
+back a slot with no message. Slots cannot be taken back from a thread that
+holds one, so a lowered grant frees nothing until the holder acknowledges
+it (a renewal reporting the grant it applied and its slots in use): until
+then the allocator counts the holder at the most it may be using. The
+invariant is that these bounds add up to at most ``max_concurrency``.
+
 Pure logic on a caller-supplied clock, so it is tested without a cluster.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["LEASE_TTL", "PUSH_GRANT", "Allocator", "Grant"]
@@ -62,10 +71,11 @@ class Grant:
 
     ``rpm``/``tpm`` are the holder's share per minute (``None``: no limit of
     that kind); ``ttl`` seconds of validity from receipt; ``cooldown``
-    seconds during which no request may start; ``contended``: other holders
-    wait for concurrency slots; ``slots``: the holder's fair part of the
-    concurrency slots, which it keeps even then (``None``: no cap); ``seq``
-    orders grants that travel by different routes (reply and push).
+    seconds during which no request may start; ``slots``: concurrency slots
+    the holder may have in use (``None``: no cap); ``contended``: some holder
+    wants more slots than it has, so slots this one does not use are worth
+    handing back; ``seq`` orders grants that travel by different routes
+    (reply and push).
     """
 
     rpm: float | None
@@ -91,7 +101,16 @@ class _Holder:
     observed: float = 0.0
     rpm: float | None = None
     tpm: float | None = None
-    slots: int | None = None
+    slots: int = 0  # concurrency slots assigned (the latest grant's)
+    in_use: int = 0  # slots in use at its last report
+    # (seq, slots) of grants it may not have applied yet, the latest last
+    issued: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def bound(self) -> int:
+        """The most slots the holder may be using: what it had at its last
+        report, or any grant since that it may have applied."""
+        return max([self.in_use, self.slots, *(n for _, n in self.issued)])
 
 
 class Allocator:
@@ -123,7 +142,9 @@ class Allocator:
         self.last_429 = -float("inf")
         self.cooldown_until = now
         self.holders: dict[str, _Holder] = {}
-        self.seq = 0
+        # Grants are ordered by seq; starting from the clock keeps a
+        # re-created allocator's grants newer than its predecessor's.
+        self.seq = time.time_ns() // 1000
         self.ttl = ADAPTIVE_TTL if adaptive else LEASE_TTL
 
     # -- the limits in force -------------------------------------------------
@@ -151,6 +172,8 @@ class Allocator:
         learned: dict[str, float] | None = None,
         saturated: bool = False,
         observed: float = 0.0,
+        in_use: int = 0,
+        applied: int = -1,
     ) -> tuple[Grant, dict[str, Grant]]:
         """Renew (or start) ``holder``'s grant.
 
@@ -169,6 +192,9 @@ class Allocator:
         observed : float
             Requests per minute the provider answered for the holder since
             its last renewal (429s and failures excluded).
+        in_use, applied : int
+            Concurrency slots the holder has in use, and the ``seq`` of the
+            latest grant it had applied when it counted them.
 
         Returns
         -------
@@ -188,15 +214,21 @@ class Allocator:
                         self.rate = None  # the provider's word replaces the guess
         if self.adaptive and saturated:
             self._probe(now)
-        self.holders[holder] = _Holder(max(float(demand), 1.0), now + self.ttl + GRACE, observed=observed)
-        return self._grant(holder, now), self._revisions(now, exclude=holder)
+        rec = self.holders.get(holder)
+        if rec is None:
+            rec = self.holders[holder] = _Holder(1.0, 0.0)
+        rec.demand, rec.expires, rec.observed = max(float(demand), 1.0), now + self.ttl + GRACE, observed
+        # Grants before the one it applied are superseded: they bound nothing.
+        rec.in_use, rec.issued = in_use, [(seq, n) for seq, n in rec.issued if seq >= applied]
+        moved = self._assign_slots()
+        return self._grant(holder, now), self._revisions(now, exclude=holder, moved=moved, rises=False)
 
     def release(self, holder: str, now: float) -> dict[str, Grant]:
         """``holder`` has gone idle or away: share its part among the rest."""
         self._expire(now)
         if self.holders.pop(holder, None) is None:
             return {}
-        return self._revisions(now, exclude=holder)
+        return self._revisions(now, exclude=holder, moved=self._assign_slots())
 
     def penalize(
         self,
@@ -276,9 +308,19 @@ class Allocator:
         for h in [h for h, rec in self.holders.items() if rec.expires <= now]:
             del self.holders[h]
 
+    def _weight(self, rec: _Holder) -> float:
+        # With a cap on slots, a holder can use the rate only for the threads
+        # it may have at work (a newcomer waiting for slots, none yet);
+        # rounded up to a power of two, so that slots moving by one or two
+        # move no rate.
+        if self.max_concurrency is None or rec.bound == 0:
+            return rec.demand if self.max_concurrency is None else 0.0
+        return min(rec.demand, float(1 << (rec.bound - 1).bit_length()))
+
     def _shares(self, holder: str) -> tuple[float | None, float | None]:
-        total = sum(rec.demand for rec in self.holders.values())
-        part = self.holders[holder].demand / total
+        weights = {h: self._weight(rec) for h, rec in self.holders.items()}
+        total = sum(weights.values())
+        part = weights[holder] / total if total > 0 else 1.0 / len(weights)
         rpm, tpm = self.rpm, self.tpm
         return (None if rpm is None else rpm * part, None if tpm is None else tpm * part)
 
@@ -286,36 +328,80 @@ class Allocator:
         rec = self.holders[holder]
         rec.rpm, rec.tpm = self._shares(holder)
         self.seq += 1
-        slots = rec.slots = None if self.max_concurrency is None else self._slot_parts()[holder]
+        slots = None
+        if self.max_concurrency is not None:
+            slots = rec.slots
+            rec.issued.append((self.seq, slots))
         return Grant(
             seq=self.seq,
             slots=slots,
+            contended=slots is not None and self.contended,
             rpm=rec.rpm,
             tpm=rec.tpm,
             ttl=max(0.0, rec.expires - GRACE - now),
             cooldown=max(0.0, self.cooldown_until - now),
         )
 
-    def _slot_parts(self) -> dict[str, int]:
-        """Fair parts of the concurrency slots: whole numbers that add up to
-        ``max_concurrency`` (largest remainders), at least one each."""
-        assert self.max_concurrency is not None
-        total = sum(r.demand for r in self.holders.values())
-        exact = {h: self.max_concurrency * r.demand / total for h, r in self.holders.items()}
-        parts = {h: int(x) for h, x in exact.items()}
-        spare = self.max_concurrency - sum(parts.values())
-        for h in sorted(exact, key=lambda h: (parts[h] - exact[h], h))[:spare]:
-            parts[h] += 1
-        return {h: max(1, n) for h, n in parts.items()}
+    # -- concurrency slots ------------------------------------------------------
 
-    def _revisions(self, now: float, exclude: str) -> dict[str, Grant]:
+    @property
+    def contended(self) -> bool:
+        """Whether some holder wants more slots than it has."""
+        return any(rec.slots < min(rec.demand, self.max_concurrency or 0) for rec in self.holders.values())
+
+    def _slot_targets(self) -> dict[str, int]:
+        """Each holder's fair part of the slots, water-filled by demand: a
+        holder that wants less than an equal part gets what it wants, the
+        rest share the remainder. Slots nobody wants stay free, so that a
+        newcomer gets its part at once, with no slots to take back first
+        (holders announce the threads of a new pool, see ``Limiter.lease``)."""
+        assert self.max_concurrency is not None
+        left = self.max_concurrency
+        targets: dict[str, int] = {}
+        ordered = sorted(self.holders.items(), key=lambda kv: (kv[1].demand, kv[0]))
+        for i, (h, rec) in enumerate(ordered):
+            targets[h] = min(int(rec.demand), -(-left // (len(ordered) - i)))
+            left -= targets[h]
+        return targets
+
+    def _assign_slots(self) -> set[str]:
+        """Move every holder's slots toward its fair part without the bounds
+        ever adding up to more than ``max_concurrency``; the holders to
+        tell."""
+        if self.max_concurrency is None or not self.holders:
+            return set()
+        targets = self._slot_targets()
+        moved = set()
+        # Decreases first: they free nothing until acknowledged, but they
+        # must be issued for the acknowledgements to come.
+        for h in sorted(self.holders, key=lambda h: (targets[h] - self.holders[h].slots, h)):
+            rec = self.holders[h]
+            others = sum(r.bound for o, r in self.holders.items() if o != h)
+            new = max(0, min(targets[h], self.max_concurrency - others))
+            if new != rec.slots:
+                moved.add(h)
+                rec.slots = new
+        return moved
+
+    def slot_stats(self) -> dict[str, dict[str, int]]:
+        """Per holder: slots granted, in use at its last report, and the bound."""
+        return {h: {"slots": r.slots, "in_use": r.in_use, "bound": r.bound} for h, r in self.holders.items()}
+
+    def _revisions(
+        self, now: float, exclude: str, moved: set[str] | None = None, rises: bool = True
+    ) -> dict[str, Grant]:
+        """Grants to push: holders whose slots moved, or whose share fell
+        (the invariant needs it now), or rose when ``rises`` (someone left:
+        the others may use its part at once; otherwise a rise waits for the
+        holder's next renewal)."""
         out = {}
-        slots = self._slot_parts() if self.max_concurrency is not None else {}
+        moved = moved or set()
         for h, rec in self.holders.items():
             if h == exclude:
                 continue
             new = self._shares(h)
-            if any(_moved(a, b) for a, b in zip((rec.rpm, rec.tpm), new, strict=False)) or rec.slots != slots.get(h):
+            pairs = list(zip((rec.rpm, rec.tpm), new, strict=False))
+            if h in moved or any(_moved(a, b) and (rises or a is None or (b is not None and b < a)) for a, b in pairs):
                 out[h] = self._grant(h, now)
         return out
 

@@ -1,39 +1,30 @@
 """Concurrency slots: how many runner threads may be calling at once.
 
-A runner thread holds one slot for its whole run of rows. On a cluster the
-slots are leases of one ``distributed.Semaphore`` per budget, created once
-per worker process by name (never shipped inside a task: that leaks its
-refresh timer, dask/distributed#8999). Every acquire and release of such a
-lease is a scheduler round trip, so the process keeps a small pool: a slot
-given back by a thread that finished its partition is lent to the next one
-without a message, and returned to the scheduler only after
-:data:`LINGER` seconds unused. While other workers wait for slots, a
-process keeps its fair part (from the budget's grant: busy threads weigh as
-for the rates), hands back the rest as its threads finish, and asks for no
-more. Only one thread per process waits on the scheduler at a time (not one
-connection per waiting thread).
+A runner thread holds one slot for its whole run of rows. The slots of a
+budget are granted to each process by its allocator, as a number, with the
+budget's rates (see :mod:`._alloc`): a thread takes and gives back a slot
+here with no message, so ``max_concurrency`` costs a message only when the
+number moves (a process joins, leaves, or has far fewer threads at work
+than slots while others wait). A lowered number takes effect for new
+threads at once; slots that threads still hold go back as they finish, and
+the process then says so (:meth:`GrantedSlots.report_due`), which is what
+lets the allocator give them to someone else.
 
-A dead worker stops refreshing its leases; the scheduler frees them after
-``distributed.scheduler.locks.lease-timeout`` (30 s by default).
+A dead process stops renewing its grant; the allocator frees its slots when
+the cluster reports it gone (or its grant expires).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._errors import ConfigError
+__all__ = ["GrantedSlots", "Slots"]
 
-__all__ = ["ClusterSlots", "LocalSlots", "Slots"]
-
-#: Seconds an unused lease stays in the process's pool before it goes back.
-LINGER = 2.0
-#: Seconds one wait on the scheduler's semaphore lasts before it is renewed,
-#: so that a waiting thread notices the process shutting down.
-ACQUIRE_TIMEOUT = 30.0
+#: Seconds one wait for a slot lasts before it looks again (at a closed budget).
+WAIT_SLICE = 1.0
 
 
 class Slots:
@@ -41,161 +32,115 @@ class Slots:
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.active = 0
-        self.peak = 0  # most threads at work since the last :meth:`reset_peak`
+        self.active = 0  # threads holding a slot
+        self.wanting = 0  # threads holding or waiting for one
+        self.peak = 0  # most threads wanting a slot since the last :meth:`reset_peak`
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[None]:
-        self._take()
         with self.cond:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
+            self.wanting += 1
+            self.peak = max(self.peak, self.wanting)
+        try:
+            self._take()
+        except BaseException:
+            with self.cond:
+                self.wanting -= 1
+            raise
         try:
             yield
         finally:
             with self.cond:
+                self.wanting -= 1
                 self.active -= 1
-            self._give()
+                self._gave()
 
     def reset_peak(self) -> int:
         with self.cond:
-            peak, self.peak = self.peak, self.active
+            peak, self.peak = self.peak, self.wanting
             return peak
 
     def _take(self) -> None:
-        pass
+        with self.cond:
+            self.active += 1
 
-    def _give(self) -> None:
-        pass
-
-    def reap(self, now: float, everything: bool = False) -> None:
-        """Hand back slots that lingered unused (cluster slots only)."""
+    def _gave(self) -> None:
+        """A slot came back (``cond`` held)."""
 
     def close(self) -> None:
         pass
 
 
-class LocalSlots(Slots):
-    """A cap enforced by an in-process semaphore."""
-
-    def __init__(self, max_concurrency: int) -> None:
-        super().__init__()
-        self._sem = threading.BoundedSemaphore(max_concurrency)
-
-    def _take(self) -> None:
-        self._sem.acquire()
-
-    def _give(self) -> None:
-        self._sem.release()
-
-
-class ClusterSlots(Slots):
-    """A cap enforced by the leases of a ``distributed.Semaphore``.
+class GrantedSlots(Slots):
+    """A cap on threads at work, as granted by the budget's allocator.
 
     Parameters
     ----------
-    semaphore : distributed.Semaphore
-        Bound to this worker's scheduler connection and event loop.
+    on_report : callable
+        Called when the process may have something to tell the allocator (a
+        lowered grant has been met, or threads wait for slots); it must only
+        wake the sender, as it is called with :attr:`cond` held.
     """
 
-    def __init__(self, semaphore: Any) -> None:
+    def __init__(self, on_report: Callable[[], None]) -> None:
         super().__init__()
-        self._sem = semaphore
-        self._spare: list[float] = []  # when each unused lease came back
-        self._fetching = False
+        self.cap = 0  # slots granted; none until the first grant
+        self.seq = -1  # the grant they came with
+        self.contended = False  # some process wants more slots than it has
+        self.owed = False  # a lowered grant not yet acknowledged
         self._closed = False
-        self.held = 0  # leases this process holds from the scheduler
-        self.fair: int | None = None  # its fair part of them, from the budget's grant
-        self.contended = False  # from the grant: other processes wait for slots
+        self._on_report = on_report
 
     def _take(self) -> None:
         with self.cond:
-            while True:
-                if self._spare:
-                    self._spare.pop()
-                    return
+            if self.active >= self.cap:
+                self._on_report()  # more threads than slots: the keeper may ask for more
+            while self.active >= self.cap:
                 if self._closed:
-                    raise RuntimeError("the worker is shutting down")
-                if not self._fetching and self._may_fetch():
-                    break
-                # Another thread is fetching, or this process has its fair
-                # part while others wait: a slot will come back locally (or
-                # a grant changes the picture; looked at again within 1 s).
-                self.cond.wait(1.0)
-            self._fetching = True
-        got = False
-        try:
-            while not got:
-                try:
-                    got = bool(self._sem.acquire(timeout=ACQUIRE_TIMEOUT))
-                except ValueError as exc:  # "Inconsistent max leases"
-                    raise ConfigError(
-                        f"another budget named {self._sem.name.rsplit('-slots-', 1)[0]!r} "
-                        f"uses a different max_concurrency on this cluster ({exc})"
-                    ) from None
-                if not got and self._closed:
-                    raise RuntimeError("the worker is shutting down")
-            with self.cond:
-                self.held += 1
-        finally:
-            with self.cond:
-                self._fetching = False
-                self.cond.notify()
+                    raise RuntimeError("the budget was closed in this process")
+                self.cond.wait(WAIT_SLICE)
+            self.active += 1
 
-    def adopt(self, contended: bool, fair: int | None) -> None:
-        """What the budget's latest grant says about slots."""
+    def _gave(self) -> None:
+        self.cond.notify()
+        if self.owed and self.active <= self.cap:
+            self._on_report()  # only wakes the keeper, which sends it
+
+    def adopt(self, grant: Any) -> None:
+        """The slots of a grant (a newer one than any adopted so far)."""
         with self.cond:
-            self.contended, self.fair = bool(contended), fair
-            self.cond.notify()
-
-    def _may_fetch(self) -> bool:
-        # Asking for more than the fair part while others wait would only
-        # bounce slots between processes, two round trips each time.
-        return not self.contended or self.fair is None or self.held < self.fair
-
-    def _excess(self) -> bool:
-        # While others wait, a process keeps no more than its fair part;
-        # otherwise a slot lingers for the next partition of this process.
-        return self.contended and self.held > (self.fair or 0)
-
-    def _give(self) -> None:
-        with self.cond:
-            if not self._excess():
-                self._spare.append(time.monotonic())
-                self.cond.notify()
+            if grant.seq <= self.seq or grant.slots is None:
                 return
-            self.held -= 1
-        self._release_one()
+            if grant.slots < self.cap:
+                self.owed = True
+            self.cap, self.seq, self.contended = grant.slots, grant.seq, bool(grant.contended)
+            self.cond.notify_all()
+            due = self.owed and self.active <= self.cap
+        if due:
+            self._on_report()
 
-    def _release_one(self) -> None:
-        self._sem.release()
-
-    def reap(self, now: float, everything: bool = False) -> None:
-        """Hand back spare slots that lingered unused, or that exceed the
-        fair part while others wait; with ``everything``, all spares."""
-        n = 0
+    def report(self) -> tuple[int, int]:
+        """``(in_use, applied)`` for a renewal: slots in use and the grant
+        they are counted under. Meets an owed acknowledgement."""
         with self.cond:
-            keep = []
-            for t in sorted(self._spare, reverse=True):
-                if everything or now - t >= LINGER or self._excess():
-                    self.held -= 1
-                    n += 1
-                else:
-                    keep.append(t)
-            self._spare = keep
-        for _ in range(n):
-            self._release_one()
+            if self.active <= self.cap:
+                self.owed = False
+            return self.active, self.seq
 
-    @property
-    def spare(self) -> int:
-        return len(self._spare)
+    def report_due(self) -> bool:
+        """Whether a lowered grant has been met and the allocator does not know."""
+        with self.cond:
+            return self.owed and self.active <= self.cap
+
+    def reset(self, last: int | None) -> None:
+        """The share was handed back: no slots until the next grant, which
+        is newer than ``last`` (the allocator's seq at the release)."""
+        with self.cond:
+            self.cap, self.owed, self.contended = 0, False, False
+            if last is not None:
+                self.seq = max(self.seq, last)
 
     def close(self) -> None:
         with self.cond:
             self._closed = True
-            n, self._spare = len(self._spare), []
-            self.held -= n
             self.cond.notify_all()
-        for _ in range(n):
-            with contextlib.suppress(Exception):
-                self._release_one()

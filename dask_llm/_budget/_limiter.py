@@ -18,9 +18,11 @@ __all__ = ["Limiter", "Unlimited"]
 class Limiter(Protocol):
     """What the runner needs from a request budget."""
 
-    def lease(self) -> contextlib.AbstractContextManager[None]:
+    def lease(self, pool: int = 1) -> contextlib.AbstractContextManager[None]:
         """A concurrency slot, held by one runner thread for a whole run of
-        requests (taking one per request would cost a round trip each)."""
+        requests (taking one per request would cost a round trip each).
+        ``pool``: the threads of its pool, all about to ask (a hint, so that
+        the first grant is sized for them rather than for the first)."""
         ...
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
@@ -50,7 +52,7 @@ class Unlimited:
     """A limiter that never waits."""
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[None]:
+    def lease(self, pool: int = 1) -> Iterator[None]:
         yield
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:

@@ -4,7 +4,7 @@ One :class:`ProcessBudget` per budget name and process (per worker, when
 several share a process) serves every runner thread of every enrichment that
 uses the budget there. It combines
 
-- concurrency slots (:mod:`._leases`),
+- concurrency slots, granted with the rates (:mod:`._leases`),
 - the local reservoir that paces requests (:mod:`._reservoir`),
 - a keeper thread that renews the reservoir's grant from the allocator,
   which lives in the job's coordinator (:class:`CoordinatorLink`): the
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from .._errors import ConfigError
 from ._alloc import PUSH_GRANT, Grant
-from ._leases import ClusterSlots, LocalSlots, Slots
+from ._leases import GrantedSlots, Slots
 from ._limiter import Limiter, Unlimited
 from ._reservoir import Reservoir
 from ._value import Budget
@@ -44,6 +44,10 @@ MIN_PENALTY = 0.25
 RENEW_AT = 0.5
 #: Least seconds between two renewals triggered by a growing demand.
 MIN_RENEW_INTERVAL = 2.0
+#: Seconds a process keeps slots its threads no longer want while another
+#: process waits for some: longer than the gap between two partitions (the
+#: next one uses them), short enough not to hold them through a long tail.
+LINGER = 2.0
 #: Seconds a process stays idle before it hands its share back: longer than
 #: the gap between two partitions of one worker, short enough that the
 #: others get the rate at the end of a job.
@@ -64,30 +68,33 @@ class Link(Protocol):
 
     holder: str
 
-    def lease(self, demand: float, learned: dict[str, float], saturated: bool, observed: float) -> Grant: ...
-    def release(self) -> None: ...
+    def lease(
+        self, demand: float, learned: dict[str, float], saturated: bool, observed: float, in_use: int, applied: int
+    ) -> Grant: ...
+    def release(self) -> int: ...
     def penalize(self, seconds: float, observed: float, sent: float) -> None: ...
 
 
 class CoordinatorLink:
     """A budget's allocator in the job's coordinator (see ``dask_llm._coordination``)."""
 
-    def __init__(self, coordinator: Any, budget: Budget, slots: str | None) -> None:
+    def __init__(self, coordinator: Any, budget: Budget) -> None:
         self.coordinator = coordinator
         self.holder = coordinator.holder
         self.name = budget.name
         self.limits = budget.limits()
-        self.slots = slots
 
-    def lease(self, demand: float, learned: dict[str, float], saturated: bool, observed: float) -> Grant:
+    def lease(
+        self, demand: float, learned: dict[str, float], saturated: bool, observed: float, in_use: int, applied: int
+    ) -> Grant:
         msg = self.coordinator.call(
             "budget_lease", name=self.name, limits=self.limits, demand=demand, learned=learned,
-            saturated=saturated, observed=observed, slots=self.slots,
+            saturated=saturated, observed=observed, in_use=in_use, applied=applied,
         )  # fmt: skip
         return Grant.from_msg(msg)
 
-    def release(self) -> None:
-        self.coordinator.call("budget_release", name=self.name)
+    def release(self) -> int:
+        return int(self.coordinator.call("budget_release", name=self.name))
 
     def penalize(self, seconds: float, observed: float, sent: float) -> None:
         self.coordinator.call("budget_penalize", name=self.name, seconds=seconds, observed=observed, sent=sent)
@@ -97,10 +104,11 @@ def _on_push(holder: str, name: str, grant: dict[str, Any], **_: Any) -> None:
     """A revised grant pushed by the coordinator: adopt it."""
     pb = _budgets.get((name, holder))
     if pb is not None:
-        pb.reservoir.apply(Grant.from_msg(grant))
-        if isinstance(pb.slots, ClusterSlots):
-            pb.slots.adopt(grant.get("contended", False), grant.get("slots"))
-            pb.kick()  # hand spare slots back now if others wait
+        revised = Grant.from_msg(grant)
+        pb.reservoir.apply(revised)
+        if isinstance(pb.slots, GrantedSlots):
+            pb.slots.adopt(revised)
+            pb.kick()  # acknowledge a lowered grant, or hand back spare slots, now
 
 
 # -- the limiter -----------------------------------------------------------------------
@@ -109,10 +117,10 @@ def _on_push(holder: str, name: str, grant: dict[str, Any], **_: Any) -> None:
 class ProcessBudget:
     """The :class:`~dask_llm._budget._limiter.Limiter` of one budget in one process."""
 
-    def __init__(self, budget: Budget, link: Link, slots: Slots) -> None:
+    def __init__(self, budget: Budget, link: Link) -> None:
         self.budget = budget
         self.link = link
-        self.slots = slots
+        self.slots = Slots() if budget.max_concurrency is None else GrantedSlots(on_report=self.kick)
         self.reservoir = Reservoir(budget.burst)
         self.reservoir.on_starved = self.kick
         self._keeper: threading.Thread | None = None
@@ -129,25 +137,27 @@ class ProcessBudget:
         # actually serves, which is what an adaptive budget settles on.
         self._samples: collections.deque[tuple[float, int, int, int]] = collections.deque()
         self._limited = 0  # 429s, ever
-        self.renewals = 0
+        self.renewals: collections.Counter[str] = collections.Counter()  # by reason
+        self._slack_since: float | None = None  # since when threads want fewer slots than granted
 
     # -- Limiter protocol ----------------------------------------------------------
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[None]:
-        with self.slots.lease():
-            with self._keeper_lock:
-                self._users += 1
-                try:
-                    self._ensure_keeper()
-                except BaseException:
-                    self._users -= 1
-                    raise
+    def lease(self, pool: int = 1) -> Iterator[None]:
+        # The grant first: it carries the slots.
+        with self._keeper_lock:
+            self._users += 1
             try:
+                self._ensure_keeper(pool)
+            except BaseException:
+                self._users -= 1
+                raise
+        try:
+            with self.slots.lease():
                 yield
-            finally:
-                with self._keeper_lock:
-                    self._users -= 1
+        finally:
+            with self._keeper_lock:
+                self._users -= 1
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> bool:
         return self.reservoir.acquire(tokens, stop)
@@ -211,13 +221,15 @@ class ProcessBudget:
         """Wake the keeper."""
         self._wake.set()
 
-    def _ensure_keeper(self) -> None:
-        """Start the keeper unless it runs (``_keeper_lock`` held)."""
+    def _ensure_keeper(self, pool: int) -> None:
+        """Start the keeper unless it runs (``_keeper_lock`` held); ``pool``
+        threads are about to want a slot."""
         if self._keeper is not None:
             return
         # The first lease is taken here, in a runner thread, so that a
         # refusal (conflicting limits) fails the task with a clear error.
-        self._renew()
+        self.renewals["first"] += 1
+        self._renew(expected=pool)
         self._samples.append((time.monotonic(), *self._counts()))
         self._keeper = threading.Thread(target=self._keep, name=f"dask-llm-budget-{self.budget.name}", daemon=True)
         self._keeper.start()
@@ -226,31 +238,51 @@ class ProcessBudget:
     def busy(self) -> bool:
         return self._keeper is not None or self._users > 0
 
-    def _renew(self) -> None:
-        demand = _weight(max(self.slots.reset_peak(), self.slots.active))
+    def _renew(self, expected: int = 0, reason: str | None = None) -> None:
+        peak = max(self.slots.reset_peak(), expected)
+        granted = self.slots if isinstance(self.slots, GrantedSlots) else None
+        # Handing slots back, say what is wanted now; otherwise the recent
+        # peak, so that the usual ups and downs (a partition's tail, the next
+        # partition's start) cost no message.
+        demand = _weight(self.slots.wanting if reason == "give back" else peak)
+        in_use, applied = granted.report() if granted is not None else (0, -1)
         saturated, self.reservoir.saturated = self.reservoir.saturated, False
         learned = dict(self._learned)
         now = time.monotonic()
         answered = self.reservoir.answered
         observed = (answered - self._answered) * 60.0 / max(now - self._renewed, 1.0) if self._answered >= 0 else 0.0
-        grant = self.link.lease(demand, learned, saturated, observed)
+        grant = self.link.lease(demand, learned, saturated, observed, in_use, applied)
         self._reported, self._demand, self._answered = learned, demand, answered
-        self.renewals += 1
         now = time.monotonic()
         self._renewed = now
         self._renew_at = now + RENEW_AT * grant.ttl
         self.reservoir.apply(grant)
-        if isinstance(self.slots, ClusterSlots):
-            self.slots.adopt(grant.contended, grant.slots)
+        if granted is not None:
+            granted.adopt(grant)
 
-    def _renewal_due(self, now: float) -> bool:
+    def _renewal_due(self, now: float) -> str | None:
+        """Why the grant should be renewed now (``None``: it need not be)."""
         if now >= self._renew_at or not self.reservoir.granted:
-            return True
+            return "due"
         if self._learned != self._reported:
-            return True  # the provider announced its limits: tell everyone now
+            return "learned"  # the provider announced its limits: tell everyone now
+        slots = self.slots
+        if isinstance(slots, GrantedSlots):
+            if slots.report_due():
+                return "acknowledge"  # slots a lowered grant took back are free: others wait for them
+            if slots.wanting > slots.cap and _weight(slots.wanting) > self._demand:
+                return "starved"  # a new pool's threads wait for slots: ask now
+            if slots.contended and _weight(slots.wanting) < self._demand and slots.cap > slots.wanting:
+                self._slack_since = self._slack_since or now
+                if now - self._slack_since >= LINGER and now - self._renewed >= LINGER:
+                    return "give back"  # others wait, and this process has slots it no longer wants
+            else:
+                self._slack_since = None
         # A demand that grew is worth telling at once; one that shrank waits
         # for the regular renewal, so partition tails cause no messages.
-        return now - self._renewed >= MIN_RENEW_INTERVAL and _weight(self.slots.peak) > self._demand
+        if now - self._renewed >= MIN_RENEW_INTERVAL and _weight(self.slots.peak) > self._demand:
+            return "demand grew"
+        return None
 
     def _keep(self) -> None:
         idle_since: float | None = None
@@ -263,9 +295,11 @@ class ProcessBudget:
                     return
             else:
                 idle_since = None
-                if self._renewal_due(now):
+                reason = self._renewal_due(now)
+                if reason is not None:
+                    self.renewals[reason] += 1
                     try:
-                        self._renew()
+                        self._renew(reason=reason)
                         failures = 0
                     except Exception as exc:
                         failures += 1
@@ -275,7 +309,6 @@ class ProcessBudget:
             self._samples.append((now, *self._counts()))
             while now - self._samples[0][0] > RATE_WINDOW:
                 self._samples.popleft()
-            self.slots.reap(now)
             nap = 0.1 if idle_since is not None else min(1.0, self._renew_at - time.monotonic())
             self._wake.wait(max(0.05, nap))
             self._wake.clear()
@@ -285,13 +318,20 @@ class ProcessBudget:
         with self._keeper_lock:
             if self._users or self.reservoir.waiting:
                 return False
+            last = None
             try:
-                self.link.release()
+                last = self.link.release()
             except Exception as exc:  # it expires on its own
                 logger.warning("dask-llm: could not release a budget share: %s", exc)
+            # A grant pushed before the release may still be on its way: no
+            # newer than ``last``, it is ignored (an allocator re-created
+            # since starts from a higher seq, see Allocator).
             with self.reservoir.lock:
                 self.reservoir.granted = False
-            self.slots.reap(now=time.monotonic(), everything=True)
+                if last is not None:
+                    self.reservoir.seq = max(self.reservoir.seq, last)
+            if isinstance(self.slots, GrantedSlots):
+                self.slots.reset(last)
             self._keeper = None
             return True
 
@@ -335,17 +375,6 @@ def process_budget(budget: Budget, coordinator: Any) -> ProcessBudget:
 
 
 def _make(budget: Budget, coordinator: Any) -> ProcessBudget:
-    mc = budget.max_concurrency
-    slots_name = None if mc is None else f"{budget.name}-slots-{mc}"  # the name carries the cap
-    semaphore = None if mc is None else coordinator.semaphore(slots_name, mc)
-    if mc is None:
-        slots: Slots = Slots()
-    elif semaphore is None:
-        slots = LocalSlots(mc)
-    else:
-        slots = ClusterSlots(semaphore)
     # Pushes come for every budget this process holds; one handler per holder.
     coordinator.subscribe(PUSH_GRANT, functools.partial(_on_push, coordinator.holder))
-    return ProcessBudget(
-        budget, CoordinatorLink(coordinator, budget, slots_name if semaphore is not None else None), slots
-    )
+    return ProcessBudget(budget, CoordinatorLink(coordinator, budget))

@@ -8,9 +8,9 @@ one place and shared out::
     Budget(...)  -----> Allocator (_alloc), hosted by  <--  ProcessBudget (_process):
     (travels in           the job's coordinator:            a keeper renews a share;
      the task graph,      RPM/TPM shares, cool-down,        the Reservoir (_reservoir)
-     by value)            adaptive rate                     paces requests locally;
-                        a cluster semaphore:                a lease pool (_leases)
-                          concurrency leases
+     by value)            adaptive rate,                    paces requests locally;
+                          concurrency slots                 GrantedSlots (_leases)
+                                                            caps threads at work
 
 This module holds the value object; :func:`~._process.limiter_for` picks
 the process's limiter for a budget and a coordinator.
@@ -75,8 +75,7 @@ class Budget:
     -----
     A 429 anywhere pauses every worker of the budget for the provider's
     ``Retry-After``. A worker that dies takes its share with it: the
-    scheduler reassigns it at once, and its concurrency slots come back
-    after ``distributed.scheduler.locks.lease-timeout``. Without a
+    scheduler reassigns it, concurrency slots included, at once. Without a
     ``distributed`` client the same budget is enforced in-process.
 
     Raises

@@ -33,6 +33,7 @@ class ClientCoordinator:
 
         self.address = address
         try:
+            _probe(address)
             self.client = Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
@@ -64,10 +65,18 @@ class ClientCoordinator:
         except Exception:  # progress must never fail a paid row
             pass
 
-    def semaphore(self, name: str, max_leases: int) -> Any | None:
-        from distributed import Semaphore
 
-        return Semaphore(max_leases=max_leases, name=name, scheduler_rpc=self.client.scheduler, loop=self.client.loop)
+def _probe(address: str) -> None:
+    """Fail at once on a refused connection: ``distributed`` retries one
+    until its timeout, which says nothing more 20 s later."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "") or parts.hostname is None or parts.port is None:
+        return  # tls://, inproc://...: let distributed connect
+    with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT):
+        pass
 
 
 #: Called with a run's topic when the driver asks to stop it (the runner

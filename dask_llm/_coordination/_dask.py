@@ -71,10 +71,3 @@ class DaskWorkerCoordinator:
             self.worker.log_event(topic, message)  # thread-safe: hops to the worker's loop
         except Exception:  # progress must never fail a paid row
             pass
-
-    def semaphore(self, name: str, max_leases: int) -> Any | None:
-        from distributed import Semaphore
-
-        # Created here, once per process and name, bound to this worker's
-        # connection (a semaphore shipped in a task leaks its refresh timer).
-        return Semaphore(max_leases=max_leases, name=name, scheduler_rpc=self.worker.scheduler, loop=self.worker.loop)

@@ -42,13 +42,14 @@ class LocalCoordinator:
 
     def call(self, op: str, **fields: Any) -> Any:
         now = time.monotonic()
+        answer: Any = None
         with self._lock:
             if op == "budget_lease":
-                grant, pushes = self.state.budget_lease(now, self.holder, **fields)
+                answer, pushes = self.state.budget_lease(now, self.holder, **fields)
             elif op == "budget_release":
-                grant, pushes = None, self.state.budget_release(now, self.holder, **fields)
+                answer, pushes = self.state.budget_release(now, self.holder, **fields)
             elif op == "budget_penalize":
-                grant, pushes = None, self.state.budget_penalize(now, self.holder, **fields)
+                pushes = self.state.budget_penalize(now, self.holder, **fields)
             elif op.startswith("partition_"):
                 return getattr(self.state, op)(self.holder, **fields)
             else:
@@ -57,7 +58,7 @@ class LocalCoordinator:
             if holder != self.holder:
                 for handler in self._subscribers.get(PUSH_GRANT, []):
                     handler(name=name, grant=msg)
-        return grant
+        return answer
 
     def subscribe(self, push: str, handler: Callable[..., None]) -> None:
         self._subscribers.setdefault(push, []).append(handler)
@@ -69,9 +70,6 @@ class LocalCoordinator:
                 handler(message)
             except Exception:  # progress must never fail a paid row
                 pass
-
-    def semaphore(self, name: str, max_leases: int) -> Any | None:
-        return None
 
 
 _local: LocalCoordinator | None = None

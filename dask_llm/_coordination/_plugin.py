@@ -26,8 +26,6 @@ __all__ = ["PLUGIN_NAME", "CoordinatorPlugin"]
 logger = logging.getLogger("dask_llm.coordination")
 
 PLUGIN_NAME = "dask-llm"
-#: Seconds between two looks at whether holders wait for concurrency slots.
-CONTENTION_POLL = 0.2
 
 
 class CoordinatorPlugin(SchedulerPlugin):
@@ -39,19 +37,12 @@ class CoordinatorPlugin(SchedulerPlugin):
     def __init__(self) -> None:
         from .._observe import JobBoard
 
-        self.state = CoordinatorState(self._slots_contended)
+        self.state = CoordinatorState()
         self.board = JobBoard()
         self.scheduler: Any = None
 
     async def start(self, scheduler: Any) -> None:
-        from tornado.ioloop import PeriodicCallback
-
         self.scheduler = scheduler
-        # Whether holders wait for concurrency slots changes when leases come
-        # and go; a cheap local poll tells them only when it flips.
-        pc = PeriodicCallback(self._check_contention, CONTENTION_POLL * 1000)
-        scheduler.periodic_callbacks["dask-llm-contention"] = pc
-        pc.start()
         scheduler.handlers.update({f"dask_llm_{op}": self._handler(op) for op in OPS})
         self._observe(scheduler)
 
@@ -101,8 +92,9 @@ class CoordinatorPlugin(SchedulerPlugin):
             self._push(pushes, exclude=holder)
             return grant
         if op == "budget_release":
-            self._push(state.budget_release(now, holder, **fields), exclude=holder)
-            return None
+            seq, pushes = state.budget_release(now, holder, **fields)
+            self._push(pushes, exclude=holder)
+            return seq
         if op == "budget_penalize":
             self._push(state.budget_penalize(now, holder, **fields), exclude=holder)
             return None
@@ -129,13 +121,6 @@ class CoordinatorPlugin(SchedulerPlugin):
         self._push(self.state.remove_holder(time.monotonic(), client))
 
     # -- helpers ---------------------------------------------------------------
-
-    def _slots_contended(self, name: str) -> bool:
-        ext = self.scheduler.extensions.get("semaphores") if self.scheduler is not None else None
-        return bool(ext is not None and ext.metrics["pending"].get(name, 0) > 0)
-
-    def _check_contention(self) -> None:
-        self._push(self.state.check_contention(time.monotonic()))
 
     def _push(self, pushes: Pushes, exclude: str | None = None) -> None:
         scheduler = self.scheduler

@@ -5,15 +5,15 @@ ledger, progress counts), lives in a :class:`~._state.CoordinatorState`
 hosted in one place: the Dask scheduler (:mod:`._plugin`), this process
 (:mod:`._local`), or any server a non-Dask engine starts. Processes that run
 partitions reach it through a :class:`Coordinator`, which is only a
-transport: four methods, and the messages below.
+transport: three methods, and the messages below.
 
 Requests (``call(op, **fields)``, answered):
 
 =====================  ===========================================================
 ``budget_lease``       renew this holder's share of a budget: ``name``,
                        ``limits``, ``demand``, ``learned``, ``saturated``,
-                       ``observed``, ``slots`` -> a grant (dict)
-``budget_release``     the holder went idle: ``name``
+                       ``observed``, ``in_use``, ``applied`` -> a grant (dict)
+``budget_release``     the holder went idle: ``name`` -> the last grant ``seq`` issued
 ``budget_penalize``    a 429 answered the holder: ``name``, ``seconds``, ``observed``,
                        ``sent`` (rates per minute)
 ``budget_stats``       ``name`` -> limits, holders, message counts
@@ -72,9 +72,4 @@ class Coordinator(Protocol):
 
     def publish(self, topic: str, message: dict[str, Any]) -> None:
         """Send an event (progress counts); never raises."""
-        ...
-
-    def semaphore(self, name: str, max_leases: int) -> Any | None:
-        """A cluster-wide semaphore (``distributed.Semaphore``-like), or
-        ``None`` when concurrency is enforced in this process."""
         ...

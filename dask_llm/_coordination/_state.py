@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from .._budget._alloc import Allocator, Grant
@@ -28,28 +27,17 @@ Pushes = dict[str, tuple[str, dict[str, Any]]]
 class _Budget:
     limits: dict[str, Any]
     allocator: Allocator
-    slots: str | None  # name of the concurrency semaphore, if any
     messages: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     seen: set[str] = dataclasses.field(default_factory=set)  # every holder so far
-    contended: bool = False  # as last told to the holders
 
 
 class CoordinatorState:
-    """Budgets and ledgers of every job that uses this coordinator.
+    """Budgets and ledgers of every job that uses this coordinator."""
 
-    Parameters
-    ----------
-    contended : callable, optional
-        ``contended(slots_name)``: whether holders wait for concurrency slots
-        of that semaphore (the scheduler knows; in-process, nobody waits
-        across processes).
-    """
-
-    def __init__(self, contended: Callable[[str], bool] | None = None) -> None:
+    def __init__(self) -> None:
         self.budgets: dict[str, _Budget] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.partitions: dict[str, str] = {}  # content key -> the holder running it
-        self._contended = contended or (lambda name: False)
 
     # -- budgets -----------------------------------------------------------------
 
@@ -63,7 +51,8 @@ class CoordinatorState:
         learned: dict[str, float] | None = None,
         saturated: bool = False,
         observed: float = 0.0,
-        slots: str | None = None,
+        in_use: int = 0,
+        applied: int = -1,
     ) -> tuple[dict[str, Any], Pushes]:
         entry = self.budgets.get(name)
         if entry is None or (entry.limits != limits and not _live(entry, now)):
@@ -72,7 +61,6 @@ class CoordinatorState:
             entry = self.budgets[name] = _Budget(
                 limits,
                 Allocator(limits["rpm"], limits["tpm"], bool(limits["adaptive"]), now, limits["max_concurrency"]),
-                slots,
             )
         elif entry.limits != limits:
             raise ConfigError(
@@ -82,17 +70,20 @@ class CoordinatorState:
         entry.messages["lease"] += 1
         entry.seen.add(holder)
         grant, revised = entry.allocator.lease(
-            holder, demand, now, learned=learned, saturated=saturated, observed=observed
-        )
-        contended = self.contended(entry)
-        return dataclasses.replace(grant, contended=contended).to_msg(), self._pushes(name, entry, revised)
+            holder, demand, now, learned=learned, saturated=saturated, observed=observed,
+            in_use=in_use, applied=applied,
+        )  # fmt: skip
+        return grant.to_msg(), self._pushes(name, entry, revised)
 
-    def budget_release(self, now: float, holder: str, name: str) -> Pushes:
+    def budget_release(self, now: float, holder: str, name: str) -> tuple[int, Pushes]:
+        """Returns the last ``seq`` issued: grants pushed to the holder before
+        its release (still travelling) are no newer, so it can ignore them."""
         entry = self.budgets.get(name)
         if entry is None:
-            return {}
+            return -1, {}
         entry.messages["release"] += 1
-        return self._pushes(name, entry, entry.allocator.release(holder, now))
+        pushes = self._pushes(name, entry, entry.allocator.release(holder, now))
+        return entry.allocator.seq, pushes
 
     def budget_penalize(
         self,
@@ -120,6 +111,8 @@ class CoordinatorState:
             "tpm": alloc.tpm,
             "holders": sorted(alloc.holders),
             "seen": sorted(entry.seen),
+            "max_concurrency": alloc.max_concurrency,
+            "slots": alloc.slot_stats(),
         }
 
     def remove_holder(self, now: float, holder: str) -> Pushes:
@@ -133,32 +126,9 @@ class CoordinatorState:
                 pushes.update(self._pushes(name, entry, entry.allocator.release(holder, now)))
         return pushes
 
-    def check_contention(self, now: float) -> Pushes:
-        """Grants to push to the holders of budgets whose slot contention
-        flipped since it was last told (spare slots then move to where they
-        are wanted within a fraction of a second)."""
-        pushes: Pushes = {}
-        for name, entry in self.budgets.items():
-            if entry.slots is None or not entry.allocator.holders:
-                continue
-            contended = self.contended(entry)
-            if contended != entry.contended:
-                entry.contended = contended
-                alloc = entry.allocator
-                alloc._expire(now)
-                pushes.update(self._pushes(name, entry, {h: alloc._grant(h, now) for h in alloc.holders}))
-        return pushes
-
-    def contended(self, entry: _Budget) -> bool:
-        return entry.slots is not None and self._contended(entry.slots)
-
     def _pushes(self, name: str, entry: _Budget, grants: dict[str, Grant]) -> Pushes:
-        contended = self.contended(entry) if grants else False
-        out: Pushes = {}
-        for holder, grant in grants.items():
-            entry.messages["push"] += 1
-            out[holder] = (name, dataclasses.replace(grant, contended=contended).to_msg())
-        return out
+        entry.messages["push"] += len(grants)
+        return {holder: (name, grant.to_msg()) for holder, grant in grants.items()}
 
     # -- partitions ------------------------------------------------------------------
 

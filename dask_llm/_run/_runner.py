@@ -381,7 +381,7 @@ class _Pool:
     def _work(self) -> None:
         rng = random.Random()
         try:
-            with self.limiter.lease():
+            with self.limiter.lease(self.n_threads):
                 while (i := self._next_row()) is not None:
                     outcome = self._reuse_or_call(self.requests[i], rng)
                     if outcome is None:
