@@ -141,7 +141,7 @@ def throughput(args: argparse.Namespace, sim_url: str, tmp: Path) -> dict[str, A
         return t
 
     try:
-        enrich_once(sim_url, args.threads * 4, 2, args.threads, None, None, None)  # warm-up
+        enrich_once(sim_url, args.threads * 4, 2, args.threads, None, None)  # warm-up
         for r in range(args.repeats):
             print(f" round {r + 1}", flush=True)
             before = run(BASELINE)

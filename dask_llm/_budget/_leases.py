@@ -4,8 +4,8 @@ A runner thread holds one slot for its whole run of rows. The slots of a
 budget are granted to each process by its allocator, as a number, with the
 budget's rates (see :mod:`._alloc`): a thread takes and gives back a slot
 here with no message, so ``max_concurrency`` costs a message only when the
-number moves (a process joins, leaves, or has far fewer threads at work
-than slots while others wait). A lowered number takes effect for new
+number moves (a process joins or leaves, starts a pool with more threads
+than its slots, or has had slots unused for a while as others wait). A lowered number takes effect for new
 threads at once; slots that threads still hold go back as they finish, and
 the process then says so (:meth:`GrantedSlots.report_due`), which is what
 lets the allocator give them to someone else.
