@@ -6,6 +6,7 @@ teardown; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
 
@@ -47,16 +48,25 @@ def endpoint_for(sim: Simulator, **overrides: object) -> Endpoint:
     return Endpoint(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def process_cluster() -> Iterator[object]:
-    """A LocalCluster of 2 worker *processes* and a Client on it, shared by
-    the tests of a module (starting one takes seconds)."""
+@contextlib.contextmanager
+def local_process_cluster(workers: int) -> Iterator[object]:
+    """A Client on a LocalCluster of ``workers`` worker *processes*, two
+    task threads each, its dashboard on a free loopback port."""
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as client,
+        LocalCluster(n_workers=workers, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as lc,
+        Client(lc) as client,
     ):
+        client.wait_for_workers(workers, timeout=60)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def process_cluster() -> Iterator[object]:
+    """A LocalCluster of 2 worker processes and a Client on it, shared by
+    the tests of a module (starting one takes seconds)."""
+    with local_process_cluster(2) as client:
         yield client
 
 

@@ -27,7 +27,7 @@ from dask_llm._coordination._plugin import CoordinatorPlugin
 from dask_llm._run._runner import _counted_tokens
 from dask_llm.simulator import Simulator, expected_answer
 
-from .conftest import endpoint_for
+from .conftest import endpoint_for, local_process_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -389,13 +389,7 @@ def test_budget_holds_in_process_without_a_cluster(start_sim: Callable[..., Simu
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """Three worker processes, two task threads each."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as lc,
-        Client(lc) as client,
-    ):
-        client.wait_for_workers(3, timeout=60)
+    with local_process_cluster(3) as client:
         yield client
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,6 @@ pytestmark = pytest.mark.slow
 MODEL = "gpt-4o-mini"
 PRICE = Price(0.15, 0.60)
 FAST_RETRY = RetryPolicy(backoff_initial=0.05, backoff_max=0.2, max_retry_after=0.2)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A client on 2 worker processes (2 threads each), the dashboard on a free loopback port."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as lc,
-        Client(lc) as client,
-    ):
-        yield client
 
 
 def dashboard(client: Any) -> str:
@@ -112,16 +100,16 @@ def new_run(base: str, before: list[dict[str, Any]]) -> str:
     return str(wait_for(lambda: next((j["run"] for j in jobs(base) if j["run"] not in known), None), 30, "a new job"))
 
 
-def test_metrics_count_every_row_and_call_as_the_simulator_does(cluster: Any) -> None:
+def test_metrics_count_every_row_and_call_as_the_simulator_does(process_cluster: Any) -> None:
     """The acceptance run: 500 rows, /metrics during the job and after it,
     against what the simulator answered (5xx and 429s included)."""
     config = SimulatorConfig(latency=0.1, fail_rate=0.05, rate_limit_rate=0.02, seed=11, api_key="k")
     with Simulator.subprocess(config) as sim:
-        base = dashboard(cluster)
+        base = dashboard(process_cluster)
         before = jobs(base)
         out = enrich(dd.from_pandas(tickets(500), npartitions=8), sim, threads=8)
         run = new_run(base, before)
-        future = cluster.compute(out)
+        future = process_cluster.compute(out)
         during = wait_for(
             lambda: (m := metrics(base)) and 0 < total(m, "dask_llm_rows_total", run=run, status="ok") < 500 and m,
             60, "rows counted while the job runs",
@@ -155,14 +143,14 @@ def test_metrics_count_every_row_and_call_as_the_simulator_does(cluster: Any) ->
     assert total(during, "dask_llm_rows_total", run=run) < 500
 
 
-def test_a_restarted_worker_leaves_every_row_counted_once(cluster: Any, tmp_path: Path) -> None:
+def test_a_restarted_worker_leaves_every_row_counted_once(process_cluster: Any, tmp_path: Path) -> None:
     """A worker process restarted mid-run: its partitions run again
     elsewhere, restoring what they had journaled. Every row is counted once,
     the counters never go down, and every call is counted at most once."""
     in_flight = 2 * 4  # the dead process's calls in flight at most: 2 partitions x 4 threads
     per_second = in_flight / 0.25
     with Simulator.subprocess(SimulatorConfig(latency=0.25, api_key="k")) as sim:
-        base = dashboard(cluster)
+        base = dashboard(process_cluster)
         before = jobs(base)
         out = enrich(dd.from_pandas(tickets(240), npartitions=6), sim, threads=4, checkpoint=str(tmp_path / "ck"))
         run = new_run(base, before)
@@ -175,9 +163,9 @@ def test_a_restarted_worker_leaves_every_row_counted_once(cluster: Any, tmp_path
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        future = cluster.compute(out)
+        future = process_cluster.compute(out)
         wait_for(lambda: samples and samples[-1] >= 40, 60, "40 rows done")
-        cluster.restart_workers([sorted(cluster.scheduler_info()["workers"])[0]])
+        process_cluster.restart_workers([sorted(process_cluster.scheduler_info()["workers"])[0]])
         result = future.result(timeout=120)
         stats = sim.stats()
         after = wait_for(
@@ -201,14 +189,14 @@ def test_a_restarted_worker_leaves_every_row_counted_once(cluster: Any, tmp_path
     assert stats["requests"] - (in_flight + 2 * per_second) <= calls <= stats["requests"]
 
 
-def test_the_page_shows_a_running_job_its_budget_and_spend_in_chromium(cluster: Any) -> None:
+def test_the_page_shows_a_running_job_its_budget_and_spend_in_chromium(process_cluster: Any) -> None:
     with Simulator.subprocess(SimulatorConfig(latency=0.3, api_key="k")) as sim:
         budget, cap = Budget(rpm=3000, name="page-budget"), SpendCap(max_cost=1.0, name="page-cap")
-        base = dashboard(cluster)
+        base = dashboard(process_cluster)
         before = jobs(base)
         out = enrich(dd.from_pandas(tickets(400), npartitions=8), sim, threads=8, budget=budget, spend_cap=cap)
         run = new_run(base, before)
-        future = cluster.compute(out)
+        future = process_cluster.compute(out)
 
         def job() -> dict[str, Any]:
             return next(j for j in jobs(base) if j["run"] == run)
@@ -228,7 +216,7 @@ def test_the_page_shows_a_running_job_its_budget_and_spend_in_chromium(cluster: 
     assert shown["cost"].startswith("$") and shown["errors"] == "0"
     assert shown["budget"] == "page-budget: 3,000 RPM" and shown["spend cap"].endswith(" of $1.00")
     assert "budget page-budget" in running.dom
-    workers = sorted(cluster.scheduler_info()["workers"])
+    workers = sorted(process_cluster.scheduler_info()["workers"])
     shares = re.findall(r"<tr><td>(tcp://[^<]+)</td><td>([\d,.]+)</td>", running.dom)  # RPM share per worker
     assert shares and {w for w, _ in shares} <= set(workers)
     assert sum(float(r.replace(",", "")) for _, r in shares) == pytest.approx(3000, rel=0.01)

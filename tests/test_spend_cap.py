@@ -13,7 +13,7 @@ import dask_llm
 from dask_llm import Price, SpendCap
 from dask_llm._cost._spend import BUDGET_EXHAUSTED, Ledger, Verdict
 
-from .conftest import endpoint_for
+from .conftest import endpoint_for, local_process_cluster
 
 
 def rows(n: int) -> pd.DataFrame:
@@ -61,12 +61,7 @@ def test_cost_cap_needs_a_price(sim):
 
 @pytest.fixture(scope="module")
 def three_workers() -> Iterator[object]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=3, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as client,
-    ):
+    with local_process_cluster(3) as client:
         yield client
 
 

@@ -79,7 +79,6 @@ class Reservoir:
         self.granted = False
         self.expires = 0.0
         self.cooldown_until = 0.0
-        self.contended = False
         self.saturated = False  # some request waited for budget since the last renewal
         self._waiters: collections.deque[threading.Condition] = collections.deque()
         #: Called (lock held) when a thread needs a grant that is missing or expired.
@@ -160,7 +159,6 @@ class Reservoir:
             self.tokens = self._retune(self.tokens, grant.tpm, 0.0, now)
             self.granted = True
             self.expires = now + grant.ttl
-            self.contended = grant.contended
             if grant.cooldown > 0:
                 self._cool(now + grant.cooldown)
             self._wake()

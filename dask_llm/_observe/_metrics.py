@@ -61,8 +61,12 @@ class _Collector:
         limit = Gauge("dask_llm_budget_limit", "A budget's limit in force", labels=["budget", "kind"])
         holder = ["budget", "holder", "kind"]
         share = Gauge("dask_llm_budget_share", "A worker process's share of a budget", labels=holder)
+        from ._page import status
+
         for plugin in list(_plugins):
-            for j in plugin.board.summaries():
+            # The page's figures: one reading of the board and the budgets serves both views.
+            state = status(plugin)
+            for j in state["jobs"]:
                 labels = [str(j["name"]), str(j["run"])]
                 rows.add_metric([*labels, "ok"], j["called"] - j["errors"])
                 rows.add_metric([*labels, "error"], j["errors"])
@@ -76,16 +80,14 @@ class _Collector:
                 if j["cost"] is not None:
                     cost.add_metric(labels, j["cost"])
                 in_flight.add_metric(labels, j["in_flight"])
-            for name, entry in plugin.state.budgets.items():
-                alloc = entry.allocator
+            for b in state["budgets"]:
                 for kind in ("rpm", "tpm", "max_concurrency"):
-                    value = getattr(alloc, kind)
-                    if value is not None:
-                        limit.add_metric([name, kind], float(value))
-                for holder, h in alloc.holders.items():
-                    for kind, value in (("rpm", h.rpm), ("tpm", h.tpm), ("slots", h.slots)):
+                    if b[kind] is not None:
+                        limit.add_metric([b["name"], kind], float(b[kind]))
+                for holder, h in b["holders"].items():
+                    for kind, value in h.items():
                         if value is not None:
-                            share.add_metric([name, holder, kind], float(value))
+                            share.add_metric([b["name"], holder, kind], float(value))
         yield from (rows, requests, limited, tokens, cost, in_flight, limit, share)
 
 

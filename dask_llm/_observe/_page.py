@@ -33,7 +33,8 @@ def status(plugin: Any) -> dict[str, Any]:
             "rpm": alloc.rpm, "tpm": alloc.tpm, "max_concurrency": alloc.max_concurrency,
             "adaptive": bool(alloc.adaptive),
             "holders": {
-                holder: {"rpm": h.rpm, "tpm": h.tpm, "slots": h.slots} for holder, h in sorted(alloc.holders.items())
+                holder: {"rpm": h.rpm, "tpm": h.tpm, "slots": h.slots if alloc.max_concurrency is not None else None}
+                for holder, h in sorted(alloc.holders.items())
             },
         })  # fmt: skip
     spend = [
