@@ -151,6 +151,14 @@ def test_slots_taken_back_are_given_out_only_once_acknowledged() -> None:
     pushed = alloc.release("b", now=0.6)
     assert pushed["c"].slots == 8  # half of 16, a and c wanting 8 and 16
     assert sum(r["bound"] for r in alloc.slot_stats().values()) <= 16
+    # Dying frees the rate at once, the slots only once the dead holder's
+    # calls may be over at the provider.
+    from dask_llm._budget._alloc import DEPARTED_HOLD
+
+    pushed = alloc.remove("a", now=1.0)
+    assert pushed["c"].rpm == 600 and pushed["c"].slots == 8  # a's 8 still count
+    assert alloc.tick(now=1.0 + DEPARTED_HOLD / 2) == {}
+    assert alloc.tick(now=1.0 + DEPARTED_HOLD)["c"].slots == 16
 
 
 def test_slots_never_exceed_max_concurrency_whatever_the_message_order() -> None:

@@ -201,7 +201,7 @@ def limited_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLMP
         mock_model("limited-60", MOCK_ANSWER, rpm=60),
         mock_model("limited-600", MOCK_ANSWER, rpm=600),
         mock_model("limited-3", MOCK_ANSWER, rpm=3),
-        mock_model("limited-120", MOCK_ANSWER, rpm=120),  # for dask-llm's own run, below
+        mock_model("limited-20", MOCK_ANSWER, rpm=20),  # for dask-llm's own run, below
     ]
     with litellm_proxy(
         tmp_path_factory.mktemp("litellm-limited"), models, router_settings=RATE_LIMITED_ROUTER_SETTINGS
@@ -295,27 +295,30 @@ def test_enrich_through_the_proxy(upstream: tuple[LiteLLMProxy, Simulator, Simul
 
 
 def test_enrich_against_an_rpm_limited_model_loses_no_row(limited_proxy: LiteLLMProxy) -> None:
-    """130 rows against a model the proxy limits to 120 requests a minute
-    (119 admitted): the 429s carry only ``llm_provider-retry-after: 60``, and
-    the 200s announce the limit; without a budget, every row is answered."""
+    """24 rows against a model the proxy limits to 20 requests a minute (19
+    admitted): the 429s carry only ``llm_provider-retry-after: 60``, and the
+    200s announce the limit; without a budget, every row is answered."""
     import pandas as pd
 
     import dask_llm
 
-    # 119 rows are admitted at once, the rest once LiteLLM's count resets at
-    # the next UTC minute, whatever its 60 s hint says: with the hint capped
-    # at 5 s the rows look again often enough not to wait a minute more.
-    # The first wave must not straddle a minute (then nothing is limited).
+    # The first wave (all 24 rows at once, 32 threads) meets the limit before
+    # any answer can teach the budget it; 19 are admitted, the rest once
+    # LiteLLM's count resets at the next UTC minute, whatever its 60 s hint
+    # says: with the hint capped at 5 s the rows look again often enough not
+    # to wait a minute more, and few enough are left that pacing them at the
+    # learned 20 a minute takes seconds. The first wave must not straddle a
+    # minute (then nothing is limited).
     second = time.time() % 60
-    if second > 52:
+    if second > 55:
         time.sleep(61 - second)
-    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(130)]})
+    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(24)]})
     endpoint = dask_llm.Endpoint(base_url=limited_proxy.base_url, api_key=limited_proxy.master_key)
     retry = dask_llm.RetryPolicy(max_retry_after=5.0)
     start = time.monotonic()
-    out = dask_llm.enrich(df, "Say: {text}", "ans", "limited-120", endpoint=endpoint, threads=32, retry=retry)
+    out = dask_llm.enrich(df, "Say: {text}", "ans", "limited-20", endpoint=endpoint, threads=32, retry=retry)
     elapsed = time.monotonic() - start
-    print(f"\n130 rows at rpm 120 through LiteLLM: {elapsed:.1f} s, {int(out['ans_rate_limited'].sum())} 429s")
+    print(f"\n24 rows at rpm 20 through LiteLLM: {elapsed:.1f} s, {int(out['ans_rate_limited'].sum())} 429s")
     assert out["ans_error"].isna().all(), out["ans_error"].dropna().head()
     assert (out["ans"] == MOCK_ANSWER).all()
     assert out["ans_rate_limited"].sum() > 0  # the limit was met, and waited out

@@ -47,6 +47,9 @@ ADAPTIVE_TTL = 4.0
 GRACE = 1.0
 #: A revised share is pushed to a holder when it moves by more than this.
 PUSH_THRESHOLD = 0.05
+#: Seconds the slots of a holder that died stay counted: its calls may still
+#: be running at a provider that does not notice the closed connections.
+DEPARTED_HOLD = 5.0
 
 #: Adaptive rate: no limit until the first 429, then a little under the rate
 #: the provider was answering (or half the rate, when nothing was answered),
@@ -142,6 +145,7 @@ class Allocator:
         self.last_429 = -float("inf")
         self.cooldown_until = now
         self.holders: dict[str, _Holder] = {}
+        self.departed: dict[str, tuple[float, int]] = {}  # holder that died -> (until, slots held)
         # Grants are ordered by seq; starting from the clock keeps a
         # re-created allocator's grants newer than its predecessor's.
         self.seq = time.time_ns() // 1000
@@ -222,6 +226,21 @@ class Allocator:
         rec.in_use, rec.issued = in_use, [(seq, n) for seq, n in rec.issued if seq >= applied]
         moved = self._assign_slots()
         return self._grant(holder, now), self._revisions(now, exclude=holder, moved=moved, rises=False)
+
+    def remove(self, holder: str, now: float) -> dict[str, Grant]:
+        """``holder`` died: its rate goes to the others at once, its slots
+        after :data:`DEPARTED_HOLD` (then :meth:`tick` gives them out)."""
+        rec = self.holders.get(holder)
+        if rec is not None and self.max_concurrency is not None and rec.bound > 0:
+            self.departed[holder] = (now + DEPARTED_HOLD, rec.bound)
+        return self.release(holder, now)
+
+    def tick(self, now: float) -> dict[str, Grant]:
+        """Give out the slots of departed holders whose hold has ended."""
+        if not any(until <= now for until, _ in self.departed.values()):
+            return {}
+        self._expire(now)
+        return self._revisions(now, exclude="", moved=self._assign_slots())
 
     def release(self, holder: str, now: float) -> dict[str, Grant]:
         """``holder`` has gone idle or away: share its part among the rest."""
@@ -307,6 +326,7 @@ class Allocator:
     def _expire(self, now: float) -> None:
         for h in [h for h, rec in self.holders.items() if rec.expires <= now]:
             del self.holders[h]
+        self.departed = {h: d for h, d in self.departed.items() if d[0] > now}
 
     def _weight(self, rec: _Holder) -> float:
         # With a cap on slots, a holder can use the rate only for the threads
@@ -377,6 +397,7 @@ class Allocator:
         for h in sorted(self.holders, key=lambda h: (targets[h] - self.holders[h].slots, h)):
             rec = self.holders[h]
             others = sum(r.bound for o, r in self.holders.items() if o != h)
+            others += sum(n for _, n in self.departed.values())
             new = max(0, min(targets[h], self.max_concurrency - others))
             if new != rec.slots:
                 moved.add(h)

@@ -10,8 +10,9 @@ threads at once; slots that threads still hold go back as they finish, and
 the process then says so (:meth:`GrantedSlots.report_due`), which is what
 lets the allocator give them to someone else.
 
-A dead process stops renewing its grant; the allocator frees its slots when
-the cluster reports it gone (or its grant expires).
+A dead process stops renewing its grant; the allocator frees its slots
+5 s after the cluster reports it gone (its calls may still be running at
+the provider), or when its grant expires.
 """
 
 from __future__ import annotations

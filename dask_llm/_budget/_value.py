@@ -75,7 +75,8 @@ class Budget:
     -----
     A 429 anywhere pauses every worker of the budget for the provider's
     ``Retry-After``. A worker that dies takes its share with it: the
-    scheduler reassigns it, concurrency slots included, at once. Without a
+    scheduler reassigns its rate at once and its concurrency slots 5 s later
+    (its calls may still be running at the provider). Without a
     ``distributed`` client the same budget is enforced in-process.
 
     Raises

@@ -115,10 +115,19 @@ class CoordinatorPlugin(SchedulerPlugin):
     # -- scheduler events ----------------------------------------------------
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        self._push(self.state.remove_holder(time.monotonic(), worker))
+        self._remove(worker)
 
     def remove_client(self, scheduler: Any, client: str) -> None:
-        self._push(self.state.remove_holder(time.monotonic(), client))
+        self._remove(client)
+
+    def _remove(self, holder: str) -> None:
+        from tornado.ioloop import IOLoop
+
+        from .._budget._alloc import DEPARTED_HOLD
+
+        self._push(self.state.remove_holder(time.monotonic(), holder))
+        # Its slots come free after the hold; the holders waiting for them are told then.
+        IOLoop.current().call_later(DEPARTED_HOLD + 0.1, lambda: self._push(self.state.tick(time.monotonic())))
 
     # -- helpers ---------------------------------------------------------------
 

@@ -116,14 +116,23 @@ class CoordinatorState:
         }
 
     def remove_holder(self, now: float, holder: str) -> Pushes:
-        """A holder left (a worker died): its shares go to the others at once,
-        and the partitions it was running may run elsewhere."""
+        """A holder left (a worker died): its rate shares go to the others at
+        once, its concurrency slots once :meth:`tick` finds their hold over
+        (call it after ``DEPARTED_HOLD``), and the partitions it was running
+        may run elsewhere."""
         for key in [k for k, h in self.partitions.items() if h == holder]:
             del self.partitions[key]
         pushes: Pushes = {}
         for name, entry in self.budgets.items():
             if holder in entry.allocator.holders:
-                pushes.update(self._pushes(name, entry, entry.allocator.release(holder, now)))
+                pushes.update(self._pushes(name, entry, entry.allocator.remove(holder, now)))
+        return pushes
+
+    def tick(self, now: float) -> Pushes:
+        """Grants that free the slots of holders that died, once held long enough."""
+        pushes: Pushes = {}
+        for name, entry in self.budgets.items():
+            pushes.update(self._pushes(name, entry, entry.allocator.tick(now)))
         return pushes
 
     def _pushes(self, name: str, entry: _Budget, grants: dict[str, Grant]) -> Pushes:
