@@ -316,3 +316,26 @@ def test_row_identity_ignores_partitioning_and_string_dtype() -> None:
     assert len(set(ids.hi)) == 3 and ids.content[0] == ids.content[1]
     # Another index value is another row.
     assert row_ids(df.set_index(df.index + 1), ["text"]).hi[0] != whole.hi[0]
+
+
+def test_row_identities_are_those_existing_checkpoints_hold() -> None:
+    # Pinned values of the checkpoint format: a change here would make every
+    # existing checkpoint call all its rows again.
+    df = pd.DataFrame({"text": ["row 0", "é ☃", None, "row 0"], "n": [1, 2, 3, 1]}, index=[10, 11, 12, 10])
+    for dtype in (object, "string[python]", "string[pyarrow]"):
+        ids = row_ids(df.astype({"text": dtype}), ["text", "n"])
+        assert [hex(h) for h in ids.hi] == [
+            "0x6a09d18baaf95c4f",
+            "0x1bb4e865b4faa9e9",
+            "0x66ce4c064fb86f46",
+            "0x84d33249796d38b",
+        ]
+        assert hex(ids.lo[0]) == "0x91beb957067b6a90"
+
+
+def test_cells_holding_lists_have_identities() -> None:
+    # A prompt may read a column of lists or dicts (tags, extracted fields).
+    df = pd.DataFrame({"tags": pd.Series([["a", "b"], ["a", "b"], {"k": 1}, "plain"], dtype=object)})
+    ids = row_ids(df, ["tags"])
+    assert len(set(ids.hi)) == 4 and ids.content[0] == ids.content[1] != ids.content[2]
+    assert np.array_equal(row_ids(df, ["tags"]).hi, ids.hi)

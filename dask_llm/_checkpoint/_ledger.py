@@ -300,6 +300,28 @@ def _gather(blocks: Sequence[_Block], which: np.ndarray, pos: np.ndarray, n: int
     return pa.Table.from_arrays(columns, schema=_ARROW)
 
 
+class _Segment:
+    """Identity -> dataset file, for a batch of members files."""
+
+    def __init__(self, members: Mapping[str, tuple[np.ndarray, str]]) -> None:
+        arrays = [ids for ids, _ in members.values()]
+        self.names = list(members)
+        self.owner = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
+        self.index = pd.Index(np.concatenate(arrays) if arrays else np.empty(0, np.uint64))
+        #: The oldest epoch of its files ("~" sorts after every epoch).
+        self.oldest = min((epoch for _, epoch in members.values()), default="~")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def holding(self, hi: np.ndarray) -> list[str]:
+        if self.index.is_unique:
+            pos = self.index.get_indexer(hi)
+        else:  # a file rewritten under the same name by a repeated task
+            pos, _ = self.index.get_indexer_non_unique(hi)
+        return [self.names[i] for i in np.unique(self.owner[pos[pos >= 0]])]
+
+
 #: Merge the small blocks into the big one when there are more of them than this.
 _MAX_BLOCKS = 8
 
@@ -323,9 +345,11 @@ class LedgerIndex:
         self._chunk_ids: dict[str, np.ndarray] = {}  # journal chunk -> its identities
         self._members: dict[str, tuple[np.ndarray, str]] = {}  # dataset file -> (ids, epoch)
         # Identity -> file, in segments (one per batch of member files read or
-        # written), merged now and then: a partition's own members file must
-        # not make the next partition rebuild an index of every row.
-        self._member_segments: list[tuple[pd.Index, np.ndarray]] = []
+        # written), each with the oldest epoch of its files: a partition asks
+        # only for files of earlier epochs, so the segments of its own run's
+        # commits are skipped, and its own members file never makes the next
+        # partition rebuild an index of every row.
+        self._member_segments: list[_Segment] = []
         self._visible: set[str] = set()  # dataset files present at the last refresh
 
     # -- loading ---------------------------------------------------------------
@@ -409,15 +433,19 @@ class LedgerIndex:
             self._add(table, flags)
 
     def _add_members(self, members: Mapping[str, tuple[np.ndarray, str]]) -> None:
-        names = np.array(list(members), dtype=object)
-        arrays = [ids for ids, _ in members.values()]
-        owner = np.repeat(names, [len(a) for a in arrays])
-        self._member_segments.append((pd.Index(np.concatenate(arrays)), owner))
+        self._member_segments.append(_Segment(members))
         if len(self._member_segments) > _MAX_BLOCKS:
-            # Rebuilt from what is still known (forgotten files drop out).
-            self._member_segments = []
-            if self._members:
-                self._add_members(dict(self._members))
+            # Keep the biggest (the earlier runs' files, read once), merge the
+            # others (this run's commits, skipped by its own partitions) from
+            # what is still known: forgotten files drop out.
+            big, *small = sorted(self._member_segments, key=len, reverse=True)
+            keep = [big]
+            if 2 * sum(n in self._members for n in big.names) < len(big.names):
+                small.append(big)  # mostly superseded files: rebuilt too
+                keep = []
+            names = {n for seg in small for n in seg.names if n in self._members}
+            keep.append(_Segment({n: self._members[n] for n in sorted(names)}))
+            self._member_segments = keep
 
     def register_members(self, name: str, ids: RowIds, epoch: str) -> None:
         with self._lock:
@@ -488,20 +516,17 @@ class LedgerIndex:
         with self._lock:
             self._chunk_ids.pop(chunk, None)
 
-    def files_holding(self, hi: np.ndarray) -> dict[str, str]:
-        """Visible dataset files that hold any of the identities ``hi``: name -> epoch."""
+    def files_holding(self, hi: np.ndarray, before: str) -> list[str]:
+        """Visible dataset files of epochs earlier than ``before`` that hold
+        any of the identities ``hi``, sorted."""
         with self._lock:
-            segments = list(self._member_segments)
+            segments = [seg for seg in self._member_segments if seg.oldest < before]
             members = dict(self._members)
             visible = set(self._visible)
         files: set[str] = set()
-        for index, owner in segments:
-            if index.is_unique:
-                pos = index.get_indexer(hi)
-            else:
-                pos, _ = index.get_indexer_non_unique(hi)
-            files.update(owner[pos[pos >= 0]])
-        return {f: members[f][1] for f in files if f in members and f"{f}.parquet" in visible}
+        for seg in segments:
+            files.update(seg.holding(hi))
+        return sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

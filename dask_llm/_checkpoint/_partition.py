@@ -244,9 +244,10 @@ class PartitionCheckpoint:
                 index.forget_chunk(chunk)
             store.remove_empty_dir(self.journal_dir)
             # 3. Files of earlier runs holding any of these rows.
-            held = np.concatenate([self.ids.hi, self.found.matched[self.found.matched != 0]])
-            for name, epoch in sorted(index.files_holding(held).items()):
-                if name != self.name and epoch < self.ckpt.epoch:
+            matched = self.found.matched
+            held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
+            for name in index.files_holding(held, before=self.ckpt.epoch):
+                if name != self.name:  # the same name is overwritten below
                     store.remove_files([f"{name}.parquet"])
                     store.remove_files([f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}"])
                     index.forget_members(name)
