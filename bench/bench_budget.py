@@ -293,7 +293,7 @@ def main() -> int:
                 run_job(client, sim, 60, 8, Budget(max_concurrency=8), "mc-warm-up")  # imports, connections
                 # A fixed rate far above demand: the slots' own messages. Then
                 # max_concurrency alone, whose rate is adaptive (renewed every
-                # 2 s to probe): those renewals are the adaptive rate's cost.
+                # 2 s only once a 429 gives it a rate to probe; none here).
                 results["concurrency"] = [
                     run_job(client, sim, n, 32, Budget(max_concurrency=64, rpm=100_000), f"mc-{n}") for n in (640, 1920)
                 ] + [run_job(client, sim, 640, 32, Budget(max_concurrency=64), "mc-adaptive-640")]
@@ -516,8 +516,11 @@ def write(meta: dict[str, Any], res: dict[str, Any], quick: bool) -> None:
         "The number moves when a process joins or leaves, starts a pool with more threads than its",
         "slots, or has had slots its threads no longer want for 2 s while another waits; a slot taken",
         "back from a process goes to another only once the first says its threads have let go of it",
-        "(one renewal), so the slots in use never add up to more than `max_concurrency`. The cost is",
-        "a few messages per worker joining and per slot move, not per slot or request:",
+        "(one renewal), so the slots in use never add up to more than `max_concurrency`. A renewal",
+        "between regular ones never reports a smaller demand (at a pool's start its threads are still",
+        "ramping up), and the larger parts a release leaves to the others are pushed 1 s later, so",
+        "that the holders finishing a job one after another cost one push per holder still there.",
+        "The cost is a few messages per worker joining and per slot move, not per slot or request:",
         f"{rc['budget_messages']} messages for {rc['requests']:,} requests in scenario 1.",
         "",
     ]

@@ -21,7 +21,7 @@ import pytest
 
 import dask_llm
 from dask_llm import Budget, ConfigError
-from dask_llm._budget._alloc import GRACE, Allocator
+from dask_llm._budget._alloc import GRACE, RISE_DELAY, Allocator
 from dask_llm._coordination import PUSH_GRANT
 from dask_llm._coordination._plugin import CoordinatorPlugin
 from dask_llm._run._runner import _counted_tokens
@@ -119,12 +119,34 @@ def test_shares_never_add_up_to_more_than_the_limit() -> None:
     assert b.rpm == 300 and pushed["a"].rpm == 300 and pushed["a"].tpm == 30_000
     c, pushed = alloc.lease("c", demand=16, now=2.0)
     assert c.rpm == 300 and {h: g.rpm for h, g in pushed.items()} == {"a": 150, "b": 150}
-    # b leaves: its share goes to the others.
-    pushed = alloc.release("b", now=3.0)
+    # b leaves: its share goes to the others, pushed a moment later (tick).
+    assert alloc.release("b", now=3.0) == {} and alloc.tick(now=3.5) == {}
+    pushed = alloc.tick(now=3.0 + RISE_DELAY)
     assert {h: g.rpm for h, g in pushed.items()} == {"a": 200, "c": 400}
     # A holder that stops renewing (a wedged or dead worker) loses its share.
     later = 2.0 + alloc.ttl + GRACE + 0.1
     assert alloc.lease("a", demand=8, now=later)[0].rpm == 600
+
+
+def test_holders_releasing_one_after_another_cost_one_push_per_holder_left() -> None:
+    # A job's end: every holder goes idle within a second. Rises pushed at
+    # each release would go to holders about to release too.
+    alloc = Allocator(rpm=600, tpm=None, adaptive=False, now=0.0, max_concurrency=12)
+    for h in "abcd":
+        alloc.lease(h, demand=4, now=0.0)
+    assert alloc.release("a", now=10.0) == {} and alloc.release("b", now=10.4) == {}
+    assert alloc.release("c", now=10.8) == {}
+    pushed = alloc.tick(now=10.0 + RISE_DELAY)
+    assert set(pushed) == {"d"} and pushed["d"].rpm == 600 and pushed["d"].slots == 4
+    assert alloc.tick(now=20.0) == {}  # nothing more to tell
+    # The parts are the stayers' as soon as the others leave: a renewal in
+    # between gets them, and then there is nothing to push.
+    alloc.release("d", now=30.0)
+    for h in "xy":
+        alloc.lease(h, demand=8, now=30.0)
+    alloc.release("x", now=40.0)
+    assert alloc.lease("y", demand=8, now=40.2)[0].rpm == 600
+    assert alloc.tick(now=40.0 + RISE_DELAY) == {}
 
 
 def test_slots_taken_back_are_given_out_only_once_acknowledged() -> None:
@@ -147,18 +169,19 @@ def test_slots_taken_back_are_given_out_only_once_acknowledged() -> None:
     _, pushed = alloc.lease("a", demand=8, now=0.5, in_use=5, applied=stale.seq)
     assert pushed["c"].slots == 2 and pushed["c"].rpm > 0 and alloc.slot_stats()["a"]["bound"] == 6
     assert sum(r["bound"] for r in alloc.slot_stats().values()) <= 16
-    # Leaving frees everything at once.
-    pushed = alloc.release("b", now=0.6)
-    assert pushed["c"].slots == 8  # half of 16, a and c wanting 8 and 16
+    # Leaving frees everything at once (told RISE_DELAY later).
+    assert alloc.release("b", now=0.6) == {}
     assert sum(r["bound"] for r in alloc.slot_stats().values()) <= 16
+    pushed = alloc.tick(now=0.6 + RISE_DELAY)
+    assert pushed["c"].slots == 8  # half of 16, a and c wanting 8 and 16
     # Dying frees the rate at once, the slots only once the dead holder's
     # calls may be over at the provider.
     from dask_llm._budget._alloc import DEPARTED_HOLD
 
-    pushed = alloc.remove("a", now=1.0)
+    pushed = alloc.remove("a", now=2.0)
     assert pushed["c"].rpm == 600 and pushed["c"].slots == 8  # a's 8 still count
-    assert alloc.tick(now=1.0 + DEPARTED_HOLD / 2) == {}
-    assert alloc.tick(now=1.0 + DEPARTED_HOLD)["c"].slots == 16
+    assert alloc.tick(now=2.0 + DEPARTED_HOLD / 2) == {}
+    assert alloc.tick(now=2.0 + DEPARTED_HOLD)["c"].slots == 16
 
 
 def test_slots_never_exceed_max_concurrency_whatever_the_message_order() -> None:
@@ -203,8 +226,15 @@ def test_slots_never_exceed_max_concurrency_whatever_the_message_order() -> None
         elif action < 0.9:
             if st["in_use"] > 0:
                 st["in_use"] -= 1
+        elif action < 0.95 and st["in_use"] == 0:
+            # Idle: it hands its part back (pushes sent before are ignored).
+            for other, g in alloc.release(h, now).items():
+                holders[other]["inbox"].append(g)
+            st.update(cap=0, seq=alloc.seq, inbox=[])
         else:
             lease(h, now)
+        for other, g in alloc.tick(now).items():  # the rises a release deferred
+            holders[other]["inbox"].append(g)
         assert sum(x["in_use"] for x in holders.values()) <= mc, step
     # Settle: deliver everything, let each take what it may and report.
     for _ in range(4):
@@ -269,6 +299,23 @@ def test_adaptive_rate_backs_off_on_429_and_probes_upward_when_clean() -> None:
     capped = Allocator(rpm=300, tpm=None, adaptive=False, now=0.0)
     capped.lease("a", demand=1, now=0.0, learned={"rpm": 500.0, "tpm": 9000.0})
     assert (capped.rpm, capped.tpm) == (300, 9000)
+
+
+def test_an_adaptive_budget_renews_often_only_while_it_probes_a_rate() -> None:
+    from dask_llm._budget._alloc import ADAPTIVE_TTL, LEASE_TTL
+
+    alloc = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
+    # No rate yet, nothing to probe: renewals as rare as a fixed budget's.
+    first = {h: alloc.lease(h, demand=d, now=0.0)[0] for h, d in (("a", 8), ("b", 8), ("c", 16))}
+    assert {g.ttl for g in first.values()} == {LEASE_TTL}
+    # The first 429 comes before anyone renewed: the others are counted at
+    # the reporting holder's rate per thread, and told at once to renew often.
+    pushed = alloc.penalize("a", 1.0, now=1.0, observed=300.0)
+    assert alloc.rpm == pytest.approx(0.9 * (300 + 300 + 600))
+    assert set(pushed) == {"b", "c"} and all(g.ttl <= ADAPTIVE_TTL for g in pushed.values())
+    assert alloc.lease("a", demand=8, now=1.5)[0].ttl == ADAPTIVE_TTL
+    # The provider announces its limit: nothing left to probe.
+    assert alloc.lease("a", demand=8, now=2.0, learned={"rpm": 900.0})[0].ttl == LEASE_TTL
 
 
 def test_stray_429s_cost_the_row_its_wait_not_everyone_a_pause() -> None:

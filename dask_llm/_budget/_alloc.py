@@ -39,8 +39,9 @@ PUSH_GRANT = "dask-llm-budget-grant"
 #: their demand changes). Revisions in between are pushed, so this only
 #: bounds how long a wedged holder keeps its share.
 LEASE_TTL = 30.0
-#: Shorter validity in adaptive mode: holders report saturation at each
-#: renewal, which is what lets the rate probe upward.
+#: Shorter validity in adaptive mode once there is a rate to probe (after
+#: the first 429, until the provider announces its limit): holders report
+#: saturation at each renewal, which is what lets the rate probe upward.
 ADAPTIVE_TTL = 4.0
 #: The scheduler keeps a share reserved this much longer than the holder
 #: uses it, to cover the message's travel time.
@@ -50,6 +51,11 @@ PUSH_THRESHOLD = 0.05
 #: Seconds the slots of a holder that died stay counted: its calls may still
 #: be running at a provider that does not notice the closed connections.
 DEPARTED_HOLD = 5.0
+#: Seconds the others' larger parts wait after a holder releases (see
+#: :meth:`Allocator.tick`): at a job's end the holders release one after
+#: another, and a rise pushed to a holder about to release is a message for
+#: nothing; releases within this time cost one push per holder still there.
+RISE_DELAY = 1.0
 
 #: Adaptive rate: no limit until the first 429, then a little under the rate
 #: the provider was answering (or half the rate, when nothing was answered),
@@ -101,10 +107,11 @@ class Grant:
 class _Holder:
     demand: float
     expires: float
-    observed: float = 0.0
+    observed: float | None = None  # answered per minute at its last report (None: no history yet)
     rpm: float | None = None
     tpm: float | None = None
-    slots: int = 0  # concurrency slots assigned (the latest grant's)
+    slots: int = 0  # concurrency slots assigned
+    told: int = 0  # slots in the latest grant issued to it
     in_use: int = 0  # slots in use at its last report
     # (seq, slots) of grants it may not have applied yet, the latest last
     issued: list[tuple[int, int]] = field(default_factory=list)
@@ -149,9 +156,15 @@ class Allocator:
         # Grants are ordered by seq; starting from the clock keeps a
         # re-created allocator's grants newer than its predecessor's.
         self.seq = time.time_ns() // 1000
-        self.ttl = ADAPTIVE_TTL if adaptive else LEASE_TTL
+        self.rises_due: float | None = None  # when the parts a release freed are pushed
 
     # -- the limits in force -------------------------------------------------
+
+    @property
+    def ttl(self) -> float:
+        """Validity of a grant: short only while an adaptive rate is probed."""
+        probing = self.adaptive and self.rate is not None and self.learned_rpm is None
+        return ADAPTIVE_TTL if probing else LEASE_TTL
 
     @property
     def rpm(self) -> float | None:
@@ -175,7 +188,7 @@ class Allocator:
         *,
         learned: dict[str, float] | None = None,
         saturated: bool = False,
-        observed: float = 0.0,
+        observed: float | None = None,
         in_use: int = 0,
         applied: int = -1,
     ) -> tuple[Grant, dict[str, Grant]]:
@@ -193,9 +206,10 @@ class Allocator:
         saturated : bool
             Whether the holder's requests waited for budget since its last
             renewal (adaptive mode probes upward only then).
-        observed : float
+        observed : float, optional
             Requests per minute the provider answered for the holder since
-            its last renewal (429s and failures excluded).
+            its last renewal (429s and failures excluded); ``None``: no
+            renewal yet to count from.
         in_use, applied : int
             Concurrency slots the holder has in use, and the ``seq`` of the
             latest grant it had applied when it counted them.
@@ -233,21 +247,40 @@ class Allocator:
         rec = self.holders.get(holder)
         if rec is not None and self.max_concurrency is not None and rec.bound > 0:
             self.departed[holder] = (now + DEPARTED_HOLD, rec.bound)
-        return self.release(holder, now)
-
-    def tick(self, now: float) -> dict[str, Grant]:
-        """Give out the slots of departed holders whose hold has ended."""
-        if not any(until <= now for until, _ in self.departed.values()):
-            return {}
-        self._expire(now)
-        return self._revisions(now, exclude="", moved=self._assign_slots())
-
-    def release(self, holder: str, now: float) -> dict[str, Grant]:
-        """``holder`` has gone idle or away: share its part among the rest."""
         self._expire(now)
         if self.holders.pop(holder, None) is None:
             return {}
         return self._revisions(now, exclude=holder, moved=self._assign_slots())
+
+    def tick(self, now: float) -> dict[str, Grant]:
+        """Grants due by the clock: the slots of departed holders whose hold
+        has ended, and the larger parts of the holders that stayed when
+        others released, :data:`RISE_DELAY` after the first release."""
+        held = any(until <= now for until, _ in self.departed.values())
+        rises = self.rises_due is not None and self.rises_due <= now
+        if not (held or rises):
+            return {}
+        self._expire(now)
+        moved = self._assign_slots()
+        if rises:
+            self.rises_due = None
+            moved |= {h for h, rec in self.holders.items() if rec.slots != rec.told}
+        return self._revisions(now, exclude="", moved=moved)
+
+    def release(self, holder: str, now: float) -> dict[str, Grant]:
+        """``holder`` has gone idle or away: its part goes to the rest.
+
+        Its slots and rate are the others' at once as far as the bounds go,
+        but are pushed to them only by :meth:`tick` (call it after
+        :data:`RISE_DELAY`), unless a part fell."""
+        self._expire(now)
+        if self.holders.pop(holder, None) is None:
+            return {}
+        moved = self._assign_slots()
+        if self.holders and self.rises_due is None:
+            self.rises_due = now + RISE_DELAY
+        lowered = {h for h in moved if self.holders[h].slots < self.holders[h].told}
+        return self._revisions(now, exclude=holder, moved=lowered, rises=False)
 
     def penalize(
         self,
@@ -264,7 +297,8 @@ class Allocator:
         Holders report only the 429s that are a signal (see
         :data:`~._process.STRAY_SHARE`).
         Returns the grants to push (all other holders) when the shared
-        cool-down grew, else nothing (the others already know).
+        cool-down grew or the adaptive rate fell, else nothing (the others
+        already know).
         """
         self._expire(now)
         if observed is not None and holder in self.holders:
@@ -273,12 +307,13 @@ class Allocator:
         # announced it; once it has, its limit is the rate, and a stray 429
         # (another client of the same account) costs a cool-down, not speed.
         guessing = self.adaptive and self.learned_rpm is None
-        if guessing and (self.rate is None or now - self.last_change >= max(1.0, seconds)):
+        lowered = guessing and (self.rate is None or now - self.last_change >= max(1.0, seconds))
+        if lowered:
             # One decrease per episode (at most one a second while 429s go
             # on): the 429s of many threads that overran together are one
             # signal, not many. The provider answered no more than its limit,
             # so the rate goes a little under what it answered.
-            served = sum(rec.observed for rec in self.holders.values())
+            served = self._served(holder)
             # Where it broke: probing slows down as it nears this again.
             self.ceiling = self.rate if self.rate is not None else served or None
             if self.rate is None:
@@ -301,11 +336,30 @@ class Allocator:
                 self.rate = min(step, ADAPTIVE_SETTLE * served) if served > 0 else self.rate * ADAPTIVE_DECREASE
             self.rate = max(ADAPTIVE_MIN_RPM, self.rate)
             self.last_change = now
+            # A rate to probe from now on: renewals come every ADAPTIVE_TTL / 2.
+            for rec in self.holders.values():
+                rec.expires = min(rec.expires, now + self.ttl + GRACE)
         self.last_429 = now
-        if now + seconds <= self.cooldown_until + 0.01:
-            return {}
-        self.cooldown_until = now + seconds
+        longer = now + seconds > self.cooldown_until + 0.01
+        if longer:
+            self.cooldown_until = now + seconds
+        if not (longer or lowered):
+            return {}  # the others already know
         return {h: self._grant(h, now) for h in self.holders if h != holder}
+
+    def _served(self, holder: str | None) -> float:
+        """Requests per minute the provider answered the holders lately. A
+        holder with no report yet (the first 429 often comes before any
+        renewal) is counted at the reporting holder's rate per unit of
+        weight: with no limit in force, each sends in proportion to it."""
+        known = {h: rec.observed for h, rec in self.holders.items() if rec.observed is not None}
+        served = sum(known.values())
+        ref = self.holders.get(holder) if holder is not None else None
+        if ref is not None and ref.observed and (weight := self._weight(ref)) > 0:
+            served += sum(
+                ref.observed * self._weight(rec) / weight for h, rec in self.holders.items() if h not in known
+            )
+        return served
 
     def _probe(self, now: float) -> None:
         if self.rate is None or self.learned_rpm is not None:
@@ -350,7 +404,7 @@ class Allocator:
         self.seq += 1
         slots = None
         if self.max_concurrency is not None:
-            slots = rec.slots
+            slots = rec.told = rec.slots
             rec.issued.append((self.seq, slots))
         return Grant(
             seq=self.seq,

@@ -52,6 +52,8 @@ LINGER = 2.0
 #: the gap between two partitions of one worker, short enough that the
 #: others get the rate at the end of a job.
 IDLE_RELEASE = 0.5
+#: Renewals that never report a smaller demand (only "due" and "give back" do).
+_NO_SHRINK = frozenset({"acknowledge", "starved", "learned", "demand grew"})
 #: Seconds over which a process's recent request rate is measured.
 RATE_WINDOW = 5.0
 #: 429s under this share of the process's recent requests, or fewer than
@@ -69,7 +71,13 @@ class Link(Protocol):
     holder: str
 
     def lease(
-        self, demand: float, learned: dict[str, float], saturated: bool, observed: float, in_use: int, applied: int
+        self,
+        demand: float,
+        learned: dict[str, float],
+        saturated: bool,
+        observed: float | None,
+        in_use: int,
+        applied: int,
     ) -> Grant: ...
     def release(self) -> int: ...
     def penalize(self, seconds: float, observed: float, sent: float) -> None: ...
@@ -85,7 +93,13 @@ class CoordinatorLink:
         self.limits = budget.limits()
 
     def lease(
-        self, demand: float, learned: dict[str, float], saturated: bool, observed: float, in_use: int, applied: int
+        self,
+        demand: float,
+        learned: dict[str, float],
+        saturated: bool,
+        observed: float | None,
+        in_use: int,
+        applied: int,
     ) -> Grant:
         msg = self.coordinator.call(
             "budget_lease", name=self.name, limits=self.limits, demand=demand, learned=learned,
@@ -132,7 +146,7 @@ class ProcessBudget:
         self._demand = 0.0
         self._renew_at = 0.0
         self._renewed = -float("inf")
-        self._answered = -1  # answers as of the last renewal
+        self._answered = -1  # answers as of the last renewal (-1: none since the first lease)
         # (time, answers, requests, 429s) over the last few seconds: the rate the provider
         # actually serves, which is what an adaptive budget settles on.
         self._samples: collections.deque[tuple[float, int, int, int]] = collections.deque()
@@ -245,12 +259,17 @@ class ProcessBudget:
         # peak, so that the usual ups and downs (a partition's tail, the next
         # partition's start) cost no message.
         demand = _weight(self.slots.wanting if reason == "give back" else peak)
+        if reason in _NO_SHRINK:
+            # Renewals between regular ones come within moments of the last:
+            # their peak is a pool still ramping up, not a smaller demand
+            # (which would move slots away and back, a push each way).
+            demand = max(demand, self._demand)
         in_use, applied = granted.report() if granted is not None else (0, -1)
         saturated, self.reservoir.saturated = self.reservoir.saturated, False
         learned = dict(self._learned)
         now = time.monotonic()
         answered = self.reservoir.answered
-        observed = (answered - self._answered) * 60.0 / max(now - self._renewed, 1.0) if self._answered >= 0 else 0.0
+        observed = (answered - self._answered) * 60.0 / max(now - self._renewed, 1.0) if self._answered >= 0 else None
         grant = self.link.lease(demand, learned, saturated, observed, in_use, applied)
         self._reported, self._demand, self._answered = learned, demand, answered
         now = time.monotonic()
@@ -332,6 +351,7 @@ class ProcessBudget:
                     self.reservoir.seq = max(self.reservoir.seq, last)
             if isinstance(self.slots, GrantedSlots):
                 self.slots.reset(last)
+            self._answered = -1  # the next lease starts a new count
             self._keeper = None
             return True
 

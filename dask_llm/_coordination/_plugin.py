@@ -18,6 +18,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from .._budget._alloc import DEPARTED_HOLD, RISE_DELAY
 from ._protocol import OPS, PUSH_GRANT
 from ._state import CoordinatorState, Pushes
 
@@ -94,6 +95,7 @@ class CoordinatorPlugin(SchedulerPlugin):
         if op == "budget_release":
             seq, pushes = state.budget_release(now, holder, **fields)
             self._push(pushes, exclude=holder)
+            self._tick_after(RISE_DELAY)  # the others' larger parts, coalesced
             return seq
         if op == "budget_penalize":
             self._push(state.budget_penalize(now, holder, **fields), exclude=holder)
@@ -121,13 +123,14 @@ class CoordinatorPlugin(SchedulerPlugin):
         self._remove(client)
 
     def _remove(self, holder: str) -> None:
-        from tornado.ioloop import IOLoop
-
-        from .._budget._alloc import DEPARTED_HOLD
-
         self._push(self.state.remove_holder(time.monotonic(), holder))
         # Its slots come free after the hold; the holders waiting for them are told then.
-        IOLoop.current().call_later(DEPARTED_HOLD + 0.1, lambda: self._push(self.state.tick(time.monotonic())))
+        self._tick_after(DEPARTED_HOLD)
+
+    def _tick_after(self, seconds: float) -> None:
+        from tornado.ioloop import IOLoop
+
+        IOLoop.current().call_later(seconds + 0.05, lambda: self._push(self.state.tick(time.monotonic())))
 
     # -- helpers ---------------------------------------------------------------
 

@@ -50,7 +50,7 @@ class CoordinatorState:
         demand: float,
         learned: dict[str, float] | None = None,
         saturated: bool = False,
-        observed: float = 0.0,
+        observed: float | None = None,
         in_use: int = 0,
         applied: int = -1,
     ) -> tuple[dict[str, Any], Pushes]:
@@ -129,7 +129,7 @@ class CoordinatorState:
         return pushes
 
     def tick(self, now: float) -> Pushes:
-        """Grants that free the slots of holders that died, once held long enough."""
+        """Grants due by the clock (see :meth:`Allocator.tick`)."""
         pushes: Pushes = {}
         for name, entry in self.budgets.items():
             pushes.update(self._pushes(name, entry, entry.allocator.tick(now)))
