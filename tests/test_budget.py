@@ -302,7 +302,7 @@ def test_adaptive_rate_backs_off_on_429_and_probes_upward_when_clean() -> None:
 
 
 def test_an_adaptive_budget_renews_often_only_while_it_probes_a_rate() -> None:
-    from dask_llm._budget._alloc import ADAPTIVE_TTL, LEASE_TTL
+    from dask_llm._budget._alloc import ADAPTIVE_TTL, LEASE_TTL, Grant
 
     alloc = Allocator(rpm=None, tpm=None, adaptive=True, now=0.0)
     # No rate yet, nothing to probe: renewals as rare as a fixed budget's.
@@ -314,6 +314,24 @@ def test_an_adaptive_budget_renews_often_only_while_it_probes_a_rate() -> None:
     assert alloc.rpm == pytest.approx(0.9 * (300 + 300 + 600))
     assert set(pushed) == {"b", "c"} and all(g.ttl <= ADAPTIVE_TTL for g in pushed.values())
     assert alloc.lease("a", demand=8, now=1.5)[0].ttl == ADAPTIVE_TTL
+    # A holder receiving that push renews on the shorter schedule.
+    from dask_llm._budget import _process
+
+    class Link:
+        holder = "b"
+
+        def lease(self, *args: Any) -> Grant:
+            return first["b"]
+
+    pb = _process.ProcessBudget(Budget(name="probe"), Link())  # type: ignore[arg-type]
+    pb._renew(expected=8)
+    assert pb._renew_at > time.monotonic() + LEASE_TTL / 3
+    _process._budgets[("probe", "b")] = pb
+    try:
+        _process._on_push("b", "probe", pushed["b"].to_msg())
+    finally:
+        del _process._budgets[("probe", "b")]
+    assert pb._renew_at <= time.monotonic() + ADAPTIVE_TTL
     # The provider announces its limit: nothing left to probe.
     assert alloc.lease("a", demand=8, now=2.0, learned={"rpm": 900.0})[0].ttl == LEASE_TTL
 

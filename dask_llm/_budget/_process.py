@@ -120,6 +120,9 @@ def _on_push(holder: str, name: str, grant: dict[str, Any], **_: Any) -> None:
     if pb is not None:
         revised = Grant.from_msg(grant)
         pb.reservoir.apply(revised)
+        # A shorter validity (an adaptive budget that now has a rate to
+        # probe) brings the next renewal forward.
+        pb._renew_at = min(pb._renew_at, time.monotonic() + RENEW_AT * revised.ttl)
         if isinstance(pb.slots, GrantedSlots):
             pb.slots.adopt(revised)
             pb.kick()  # acknowledge a lowered grant, or hand back spare slots, now
@@ -263,7 +266,7 @@ class ProcessBudget:
             # Renewals between regular ones come within moments of the last:
             # their peak is a pool still ramping up, not a smaller demand
             # (which would move slots away and back, a push each way).
-            demand = max(demand, self._demand)
+            demand = max(demand, int(self._demand))
         in_use, applied = granted.report() if granted is not None else (0, -1)
         saturated, self.reservoir.saturated = self.reservoir.saturated, False
         learned = dict(self._learned)

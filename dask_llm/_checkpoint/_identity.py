@@ -21,10 +21,10 @@ names a column that is stable.
 Hashing is vectorized (pandas' SipHash of each column, combined per row,
 strings hashed as the UTF-8 bytes Arrow encodes) and costs about a tenth of
 a microsecond per value, so a resume never renders a prompt for a row it
-does not call. Two 64-bit hashes with independent keys
-give a 128-bit identity; string columns hash alike whatever their dtype
-(object, ``string[python]``, ``string[pyarrow]``), so a pandas run and a
-dask run of the same data agree.
+does not call. Two 64-bit hashes with independent keys give a 128-bit
+identity; string columns hash alike whatever their dtype (object,
+``string[python]``, ``string[pyarrow]``), so a pandas run and a dask run of
+the same data agree.
 """
 
 from __future__ import annotations
