@@ -248,6 +248,26 @@ def test_errors_are_kept_until_retried(start_sim: Callable[..., Simulator], tmp_
     assert sim.stats()["by_status"].get("400") == 2
 
 
+def test_a_retried_error_stays_fixed_in_a_new_process(start_sim: Callable[..., Simulator], tmp_path: Path) -> None:
+    from dask_llm._checkpoint import _ledger
+
+    df = frame(80)
+    flaky = start_sim(mode="echo", fail_rate=0.3, seed=1)
+    once = dask_llm.RetryPolicy(max_attempts=1)
+    first = run(dd.from_pandas(df, npartitions=4), flaky, tmp_path, retry=once, budget=False)
+    assert first is not None and first["ans_error"].notna().sum() > 0
+    sim = start_sim(mode="echo", latency=0.002)
+    fixed = run(dd.from_pandas(df, npartitions=4), sim, tmp_path, retry_errors=True)
+    assert fixed is not None and fixed["ans_error"].isna().all()
+    retried = sum(paid(sim).values())
+    for parts in (4, 7):  # the same partitioning, and another
+        _ledger._indexes.clear()  # what a new process sees: only the files
+        again = run(dd.from_pandas(df, npartitions=parts), sim, tmp_path)
+        assert again is not None and again["ans_error"].isna().all(), "the fixed answers are what was saved"
+        assert sum(paid(sim).values()) == retried, "nothing is paid again"
+        assert_reads_back_as(tmp_path, df)
+
+
 def test_two_runs_with_different_specs_racing_on_a_new_path(tmp_path: Path) -> None:
     for attempt in range(20):
         url = str(tmp_path / f"race-{attempt}")

@@ -11,8 +11,10 @@ Records live in two kinds of files under ``_dask_llm/``::
                                         journal (:mod:`._journal`); deleted once
                                         a committed file covers them
 
-A row is recorded once, when it is first paid for, so the ledger grows with
-the data, not with the number of runs or partitionings.
+A row is recorded when it is paid for: once, or again when a stored error
+is retried (the best record wins: a success over an error, then the
+latest), so the ledger grows with the data and the retries, not with the
+number of runs or partitionings.
 
 :class:`LedgerIndex` is this process's view of the ledger, built once per
 process and run and refreshed incrementally (only files it has not read):

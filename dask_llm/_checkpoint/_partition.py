@@ -21,8 +21,9 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
    file with its number and content key, listing exactly its rows), and every
    row is found, nothing is called or written;
 3. otherwise it calls the missing rows (journaling them continuously), then
-   commits: the records of rows no committed ledger file holds yet go to
-   ``rows/<part>.arrow`` (its journal chunks are then deleted); the dataset
+   commits: the records of rows no committed ledger file holds yet, or
+   holds only as an error this run retried, go to ``rows/<part>.arrow``
+   (its journal chunks are then deleted); the dataset
    files of *earlier runs* that hold any of its rows are deleted (their other
    rows belong to other partitions of this run, which rewrite them, and are
    in the ledger meanwhile); then its members file and its dataset file are
@@ -228,11 +229,17 @@ class PartitionCheckpoint:
         """
         store, index = self.store, self.index
         try:
-            # 1. The ledger: rows no committed file holds yet, in one file.
-            fresh = np.flatnonzero(~self.found.committed)
+            # 1. The ledger: rows no committed file holds yet, and rows called
+            #    again (a stored error retried): their committed record is
+            #    the old outcome, which the next process would otherwise read.
+            retried = self.found.committed & ~self.restored
+            fresh = np.flatnonzero(~self.found.committed | retried)
             if len(fresh):
                 records = records_table(self.ids, fresh, fields)
-                rel = f"{ROWS_DIR}/{self.name}{LEDGER_SUFFIX}"
+                # A file of this name may already hold the rows' first records
+                # (a retry under the same partitioning): never overwrite it.
+                suffix = f"-{uuid.uuid4().hex[:8]}" if retried.any() else ""
+                rel = f"{ROWS_DIR}/{self.name}{suffix}{LEDGER_SUFFIX}"
                 store.write(rel, table_to_arrow(records))
                 index.register(rel, records, committed=True)
             # 2. Journal chunks whose every row is now committed.
