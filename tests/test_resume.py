@@ -353,6 +353,40 @@ def test_row_identities_are_those_existing_checkpoints_hold() -> None:
         assert hex(ids.lo[0]) == "0x91beb957067b6a90"
 
 
+@pytest.mark.parametrize("dtype", [object, "string[python]", "string[pyarrow]"])
+def test_a_text_that_reads_like_a_missing_value_is_its_own_request(
+    fast_sim: Simulator, tmp_path: Path, dtype: Any
+) -> None:
+    # pandas hashes a missing value as the text "None" (or "nan"): those texts
+    # must not take a missing cell's answer, nor the other way round.
+    texts = pd.Series(["None", None, "nan", "\x00None", "x", None], dtype=dtype)
+    content = row_ids(pd.DataFrame({"text": texts}), ["text"]).content
+    assert len(set(content[:5].tolist())) == 5 and content[1] == content[5]
+    df = pd.DataFrame({"text": texts, "n": range(6)})
+    out = run(dd.from_pandas(df, npartitions=2), fast_sim, tmp_path)
+    assert out is not None
+    assert out["ans"].tolist() == ["Say: None", "Say: ", "Say: nan", "Say: \x00None", "Say: x", "Say: "]
+
+
+def test_arrow_integers_are_hashed_as_integers(fast_sim: Simulator, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    big = [2**53, 2**53 + 1, None]
+    as_arrow = pd.DataFrame({"oid": pd.array(pa.array(big, pa.int64()), dtype=pd.ArrowDtype(pa.int64()))})
+    as_masked = pd.DataFrame({"oid": pd.array(big, dtype="Int64")})
+    ids = row_ids(as_arrow, ["oid"])
+    assert ids.content[0] != ids.content[1], "2**53 + 1 is not 2**53"
+    assert np.array_equal(ids.hi, row_ids(as_masked, ["oid"]).hi), "int64[pyarrow] is Int64"
+    one = row_ids(pd.DataFrame({"oid": pd.array(pa.array([1, None]), dtype=pd.ArrowDtype(pa.int64()))}), ["oid"])
+    assert one.content[0] != row_ids(pd.DataFrame({"oid": [1.0]}), ["oid"]).content[0], "1 is not 1.0"
+    # End to end: "Order 1.0" answered first never answers "Order 1".
+    floats = pd.DataFrame({"oid": [1.0, 2.5]})
+    dask_llm.enrich(floats, "Order {oid}", "ans", "m", endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))
+    ints = pd.DataFrame({"oid": pd.array(pa.array([1, None, 2**53 + 1]), dtype=pd.ArrowDtype(pa.int64()))})
+    out = dask_llm.enrich(ints, "Order {oid}", "ans", "m", endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))
+    assert out["ans"].tolist() == ["Order 1", "Order ", f"Order {2**53 + 1}"]
+
+
 def test_cells_holding_lists_have_identities() -> None:
     # A prompt may read a column of lists or dicts (tags, extracted fields).
     df = pd.DataFrame({"tags": pd.Series([["a", "b"], ["a", "b"], {"k": 1}, "plain"], dtype=object)})

@@ -24,7 +24,11 @@ a microsecond per value, so a resume never renders a prompt for a row it
 does not call. Two 64-bit hashes with independent keys give a 128-bit
 identity; string columns hash alike whatever their dtype (object,
 ``string[python]``, ``string[pyarrow]``), so a pandas run and a dask run of
-the same data agree.
+the same data agree. pandas hashes a missing value as the text "None" (or
+"nan"); a text cell equal to one of these gets an escape byte first, so it
+never takes a missing cell's answer. Arrow integer columns hash as the
+nullable integers they are (pandas would go through float64 once a null is
+present, making 2**53 + 1 equal 2**53 and 1 equal 1.0).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.util import hash_array
 
 __all__ = ["RowIds", "row_ids"]
@@ -88,6 +93,14 @@ def _hash_column(values: pd.Series | pd.Index, keys: Sequence[str]) -> list[np.n
             return [hash_array(_as_bytes(obj), hash_key=k, categorize=False) for k in keys]
     if isinstance(values, pd.Index):
         values = values.to_series(index=pd.RangeIndex(len(values)))
+    if isinstance(values.dtype, pd.ArrowDtype) and values.dtype.kind in "iu":
+        # pandas hashes Arrow integers through float64 once a null is present
+        # (2**53 + 1 would be 2**53, and 1 would be 1.0): hash them as the
+        # nullable integers they are, as Int64 columns always were.
+        # (pandas' own astype goes through float64 too: built from Arrow).
+        arr = pa.chunked_array(pa.array(values)).combine_chunks()
+        mask = arr.is_null().to_numpy(zero_copy_only=False)
+        values = pd.Series(pd.arrays.IntegerArray(arr.fill_null(0).to_numpy(), mask))
     try:
         return [
             pd.util.hash_pandas_object(values, index=False, hash_key=k, categorize=False).to_numpy(np.uint64)
@@ -109,14 +122,38 @@ def _utf8(values: pd.Series | pd.Index) -> np.ndarray:
     except (pa.ArrowException, TypeError, ValueError):
         arr = None  # mixed objects: what pandas makes of them
     if arr is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        return np.asarray(arr.cast(pa.large_binary()).to_numpy(zero_copy_only=False))
-    return np.asarray(values.to_numpy(dtype=object, na_value=None))
+        binary = arr.cast(pa.large_binary())
+        out = np.asarray(binary.to_numpy(zero_copy_only=False))
+        clash = pc.starts_with(arr, "\x00")
+        if (pc.min(pc.binary_length(binary)).as_py() or 0) <= 4:  # "None", "nan": rarely worth the lookup
+            clash = pc.or_(clash, pc.is_in(binary, _NULL_TEXTS))
+        if pc.any(clash).as_py():
+            where = pc.fill_null(clash, False).to_numpy(zero_copy_only=False)
+            out[where] = [_ESCAPE + v for v in out[where]]
+        return out
+    obj = np.asarray(values.to_numpy(dtype=object, na_value=None))
+    return np.asarray([_escaped(v) for v in obj], dtype=object) if len(obj) else obj
+
+
+#: pandas hashes a missing value as the text ``str(value)`` ("None", "nan"):
+#: a text equal to one of these (or starting with the escape byte) gets the
+#: escape byte in front, so a cell holding "None" is never a missing cell.
+_ESCAPE = b"\x00"
+_NULL_TEXTS = pa.array([b"None", b"nan"], pa.large_binary())
+
+
+def _escaped(value: object) -> object:
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes) and (value in (b"None", b"nan") or value.startswith(_ESCAPE)):
+        return _ESCAPE + value
+    return value
 
 
 def _as_bytes(obj: np.ndarray) -> np.ndarray:
     out = np.empty(len(obj), dtype=object)
     for i, v in enumerate(obj):
-        out[i] = None if v is None else str(v).encode("utf-8", "surrogatepass")
+        out[i] = v if v is None or isinstance(v, bytes) else _escaped(str(v))  # bytes: from _utf8
     return out
 
 
