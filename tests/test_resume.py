@@ -174,6 +174,22 @@ def test_a_smaller_input_never_duplicates_rows(fast_sim: Simulator, tmp_path: Pa
     assert set(back["n"]) == set(range(30)) | set(range(50, 100))
 
 
+def test_new_rows_sharing_answers_never_take_a_kept_file_away(fast_sim: Simulator, tmp_path: Path) -> None:
+    # A growing table whose new rows repeat answered texts: the new partition
+    # shares their answers (no call) and would supersede the file that holds
+    # them, which the unchanged partitions keep as it is (they write nothing).
+    old = dd.from_pandas(frame(40), npartitions=2)
+    run(old, fast_sim, tmp_path)
+    new = pd.DataFrame({"text": [f"row {i}" for i in range(10)], "n": range(40, 50)}, index=range(40, 50))
+    grown = dd.concat([old, dd.from_pandas(new, npartitions=1)])
+    with dask.config.set(scheduler="sync"):
+        out = dask_llm.enrich(grown, PROMPT, "ans", "m", endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))
+        # The unchanged partitions first (a head computed before the rest).
+        got = pd.concat([out.partitions[0:2].compute(), out.partitions[2].compute()])
+    assert len(got) == 50 and sum(paid(fast_sim).values()) == 40, "the new rows share stored answers"
+    assert_reads_back_as(tmp_path, pd.concat([frame(40), new]))
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -18,16 +18,20 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
 1. computes its rows' identities and looks them up in this process's ledger
    index: rows found are restored, the others are called;
 2. **fast path**: if the dataset already holds exactly this partition (a
-   file with its number and content key, listing exactly its rows), and every
-   row is found, nothing is called or written;
+   file with its number and content key, listing exactly its rows), every
+   row is found, and the run *keeps* that file (the run's first claim on it,
+   through the coordinator: see step 3), nothing is called or written;
 3. otherwise it calls the missing rows (journaling them continuously), then
    commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
    (its journal chunks are then deleted); the dataset
-   files of *earlier runs* that hold any of its rows are deleted (their other
-   rows belong to other partitions of this run, which rewrite them, and are
-   in the ledger meanwhile); then its members file and its dataset file are
-   written, each atomically.
+   files of *earlier runs* that hold any of its rows (or the rows whose
+   answers it shares) are deleted, unless the run keeps them (their other
+   rows belong to other partitions of this run, which rewrite them or stand
+   on the file, and are in the ledger meanwhile); then its members file and
+   its dataset file are written, each atomically. The run's first claim on
+   a file, keep or supersede, wins, so a file is never deleted under a
+   partition that stands on it.
 
 So after any sequence of runs that completes, the dataset holds the latest
 run's rows exactly once (rows of earlier files are superseded, never
@@ -48,7 +52,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +82,9 @@ from ._manifest import RunSpec, claim
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
 logger = logging.getLogger("dask_llm.checkpoint")
+
+#: ``claim(name, keep)``: see :meth:`Checkpoint.partition`.
+Claim = Callable[[str, bool], bool]
 
 
 def new_epoch() -> str:
@@ -131,6 +138,7 @@ class Checkpoint:
         key: Sequence[str] | None = None,
         share_content: bool = True,
         partition_info: Mapping[str, Any] | None = None,
+        claim: Claim | None = None,
     ) -> PartitionCheckpoint:
         """The checkpoint of one partition, about to be enriched.
 
@@ -145,10 +153,15 @@ class Checkpoint:
         share_content : bool
             A row not found by identity may take the stored answer of another
             row with the same request (the job's ``dedup``).
+        claim : callable, optional
+            ``claim(name, keep)``: the run's first claim on a dataset file
+            (keep it, or supersede it) wins; ``True`` when this one is it.
+            The job's coordinator answers it (``dataset_claim``); without
+            one, every claim wins (one process, one partition at a time).
         """
         number = int((partition_info or {}).get("number") or 0)
         ids = row_ids(frame, columns, key)
-        return PartitionCheckpoint(self, _open(self), ids, number, share_content)
+        return PartitionCheckpoint(self, _open(self), ids, number, share_content, claim)
 
 
 def _open(ckpt: Checkpoint) -> Store:
@@ -165,8 +178,12 @@ class PartitionCheckpoint:
     :meth:`journal` -> :meth:`commit` the result.
     """
 
-    def __init__(self, ckpt: Checkpoint, store: Store, ids: RowIds, number: int, share_content: bool) -> None:
+    def __init__(
+        self, ckpt: Checkpoint, store: Store, ids: RowIds, number: int, share_content: bool,
+        claim: Claim | None = None,
+    ) -> None:  # fmt: skip
         self.ckpt = ckpt
+        self._claim = claim
         self.store = store
         self.ids = ids
         self.number = number
@@ -187,10 +204,19 @@ class PartitionCheckpoint:
         #: Positions of the rows to call.
         self.todo: list[int] = np.flatnonzero(~usable).tolist()
         members = self.index.members_of(self.name)
-        #: The dataset already holds exactly this partition, every row restored.
+        #: The dataset already holds exactly this partition, every row
+        #: restored, and the run keeps that file (no partition of it
+        #: supersedes the file: see :meth:`commit`).
         self.complete = (
-            not self.todo and bool(self.found.found.all()) and members is not None and len(members) == len(ids)
+            not self.todo
+            and bool(self.found.found.all())
+            and members is not None
+            and len(members) == len(ids)
+            and self._claims(self.name, keep=True)
         )
+
+    def _claims(self, name: str, *, keep: bool) -> bool:
+        return self._claim is None or bool(self._claim(name, keep))
 
     @property
     def records(self) -> pd.DataFrame:
@@ -250,19 +276,25 @@ class PartitionCheckpoint:
             for chunk in covered:
                 index.forget_chunk(chunk)
             store.remove_empty_dir(self.journal_dir)
-            # 3. Files of earlier runs holding any of these rows.
+            # 3. Files of earlier runs holding any of these rows (or rows
+            #    whose answers these share), unless a partition of this run
+            #    stands on the file: the run's first claim on a file wins, so
+            #    a file is never deleted under a partition that kept it. Its
+            #    own name is kept and overwritten; if another partition
+            #    superseded that name first, it writes under a name of its own.
+            name = self.name if self._claims(self.name, keep=True) else f"{self.name}-{self.ckpt.epoch[-8:]}"
             matched = self.found.matched
             held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
-            for name in index.files_holding(held, before=self.ckpt.epoch):
-                if name != self.name:  # the same name is overwritten below
-                    store.remove_files([f"{name}.parquet"])
-                    store.remove_files([f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}"])
-                    index.forget_members(name)
+            for old in index.files_holding(held, before=self.ckpt.epoch):
+                if old != name and self._claims(old, keep=False):
+                    store.remove_files([f"{old}.parquet"])
+                    store.remove_files([f"{MEMBERS_DIR}/{old}{LEDGER_SUFFIX}"])
+                    index.forget_members(old)
             # 4. Members first: a dataset file never exists without one, so
             #    it can always be superseded.
-            store.write(f"{MEMBERS_DIR}/{self.name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
-            index.register_members(self.name, self.ids, self.ckpt.epoch)
-            store.write(f"{self.name}.parquet", _parquet(result))
+            store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
+            index.register_members(name, self.ids, self.ckpt.epoch)
+            store.write(f"{name}.parquet", _parquet(result))
         except CheckpointError:
             raise
         except Exception as exc:

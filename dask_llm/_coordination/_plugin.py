@@ -112,6 +112,8 @@ class CoordinatorPlugin(SchedulerPlugin):
             return state.partition_lease(holder, **fields)
         if op == "partition_release":
             return state.partition_release(holder, **fields)
+        if op == "dataset_claim":
+            return state.dataset_claim(**fields)
         raise ValueError(f"unknown dask-llm request {op!r}")
 
     # -- scheduler events ----------------------------------------------------

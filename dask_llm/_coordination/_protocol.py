@@ -24,6 +24,10 @@ Requests (``call(op, **fields)``, answered):
 ``partition_lease``    ``key`` (a partition's content key): ``True`` when this
                        holder may run it, ``False`` while another holder does
 ``partition_release``  ``key``: done with it
+``dataset_claim``      ``epoch``, ``name`` (a dataset file), ``keep``: the run keeps
+                       the file (a partition stands on it) or supersedes it (a
+                       partition deletes it); the first claim per run and file
+                       wins -> ``True`` when this claim is the winning one
 =====================  ===========================================================
 
 Pushes (coordinator to holder, ``subscribe(PUSH_GRANT, handler)``): a
@@ -51,6 +55,7 @@ OPS = (
     "spend_stats",
     "partition_lease",
     "partition_release",
+    "dataset_claim",
 )
 #: The event topic on which a driver asks every process to stop a run.
 STOP_TOPIC = "dask-llm-stop"

@@ -38,6 +38,7 @@ class CoordinatorState:
         self.budgets: dict[str, _Budget] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.partitions: dict[str, str] = {}  # content key -> the holder running it
+        self.claims: dict[tuple[str, str], bool] = {}  # (run epoch, dataset file) -> kept
 
     # -- budgets -----------------------------------------------------------------
 
@@ -151,6 +152,12 @@ class CoordinatorState:
     def partition_release(self, holder: str, key: str) -> None:
         if self.partitions.get(key) == holder:
             del self.partitions[key]
+
+    def dataset_claim(self, epoch: str, name: str, keep: bool) -> bool:
+        """Whether the run ``epoch`` keeps (``keep``) or supersedes the
+        dataset file ``name``, as its first claim said: a partition standing
+        on a file and another deleting it never both go ahead."""
+        return self.claims.setdefault((epoch, name), keep) == keep
 
     # -- spend caps ----------------------------------------------------------------
 

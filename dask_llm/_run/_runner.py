@@ -118,19 +118,29 @@ def enrich_batch(
         ckpt = job.checkpoint
         if ckpt is None:
             return _enrich(frame, job, coordinator, None, limiter, label, handle)
+        claim = claims_of(coordinator, ckpt.epoch)
         saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                               partition_info={"number": number})  # fmt: skip
+                               partition_info={"number": number}, claim=claim)  # fmt: skip
         if not saved.todo:
             return _enrich(frame, job, coordinator, saved, limiter, label, handle)
         if _wait_for_lease(coordinator, saved.key, handle):
             # Another copy of these rows (a speculative task, a second action)
             # ran meanwhile: what it paid for is in the ledger now.
             saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                                   partition_info={"number": number})  # fmt: skip
+                                   partition_info={"number": number}, claim=claim)  # fmt: skip
         try:
             return _enrich(frame, job, coordinator, saved, limiter, label, handle)
         finally:
             coordinator.call("partition_release", key=saved.key)
+
+
+def claims_of(coordinator: Coordinator, epoch: str) -> Callable[[str, bool], bool]:
+    """The run's claims on dataset files, answered by its coordinator."""
+
+    def claim(name: str, keep: bool) -> bool:
+        return bool(coordinator.call("dataset_claim", epoch=epoch, name=name, keep=keep))
+
+    return claim
 
 
 #: Seconds between two asks for a partition another copy is running.
