@@ -152,18 +152,21 @@ def _read_arrow(data: bytes) -> pa.Table:
     return pa.ipc.open_file(pa.BufferReader(data)).read_all()
 
 
-def read_members(data: bytes) -> tuple[np.ndarray, str]:
-    """The row identities (``hi`` halves) a dataset file holds, and the run
-    epoch that wrote it."""
+def read_members(data: bytes) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """The row identities (``hi`` halves) a dataset file holds, the run
+    epoch that wrote it, and the rows' request contents (``None`` in files
+    written before they were kept)."""
     table = _read_arrow(data)
     epoch = (table.schema.metadata or {}).get(b"epoch", b"").decode()
-    return table.column("hi").to_numpy(), epoch
+    content = table.column("content").to_numpy() if "content" in table.column_names else None
+    return table.column("hi").to_numpy(), epoch, content
 
 
 def members_to_arrow(ids: RowIds, epoch: str) -> bytes:
-    """The members file of a dataset file: its rows' identities and the epoch."""
-    table = pa.table({"hi": pa.array(ids.hi, pa.uint64())}).replace_schema_metadata({"epoch": epoch})
-    return _to_arrow_file(table)
+    """The members file of a dataset file: its rows' identities and request
+    contents, and the epoch."""
+    table = pa.table({"hi": pa.array(ids.hi, pa.uint64()), "content": pa.array(ids.content, pa.uint64())})
+    return _to_arrow_file(table.replace_schema_metadata({"epoch": epoch}))
 
 
 #: pandas dtypes of the stored fields as a partition sees them (all nullable,
@@ -312,16 +315,41 @@ class _Segment:
         self.index = pd.Index(np.concatenate(arrays) if arrays else np.empty(0, np.uint64))
         #: The oldest epoch of its files ("~" sorts after every epoch).
         self.oldest = min((epoch for _, epoch in members.values()), default="~")
+        self._by_content: tuple[pd.Index, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def holding(self, hi: np.ndarray) -> list[str]:
+    def locate(self, hi: np.ndarray, known: Mapping[str, object]) -> tuple[list[str], np.ndarray]:
+        """The files holding any of ``hi``, and which of ``hi`` a file of
+        ``known`` holds."""
+        live = np.array([n in known for n in self.names], dtype=bool)
         if self.index.is_unique:
             pos = self.index.get_indexer(hi)
-        else:  # a file rewritten under the same name by a repeated task
-            pos, _ = self.index.get_indexer_non_unique(hi)
-        return [self.names[i] for i in np.unique(self.owner[pos[pos >= 0]])]
+            hit = pos >= 0
+            owners = self.owner[pos[hit]]
+            held = np.zeros(len(hi), dtype=bool)
+            held[hit] = live[owners]
+            return [self.names[i] for i in np.unique(owners)], held
+        # A row in two files (exact duplicates of one run): every position.
+        pos, _ = self.index.get_indexer_non_unique(hi)
+        names = [self.names[i] for i in np.unique(self.owner[pos[pos >= 0]])]
+        return names, np.isin(hi, self.index.to_numpy()[live[self.owner]])
+
+    def with_content(self, content: np.ndarray, contents: Mapping[str, np.ndarray]) -> list[str]:
+        """Files holding a row with one of the request contents ``content``
+        (``contents``: each file's, as known)."""
+        if self._by_content is None:
+            known = [(i, contents[n]) for i, n in enumerate(self.names) if n in contents]
+            values = np.concatenate([c for _, c in known]) if known else np.empty(0, np.uint64)
+            owners = np.repeat(np.array([i for i, _ in known], dtype=np.int32), [len(c) for _, c in known])
+            # One entry per (content, file): a text repeated across the table
+            # costs a lookup per file, not per row.
+            pairs = pd.DataFrame({"c": values, "o": owners}).drop_duplicates()
+            self._by_content = (pd.Index(pairs["c"].to_numpy()), pairs["o"].to_numpy())
+        index, owners = self._by_content
+        pos, _ = index.get_indexer_non_unique(content)
+        return [self.names[i] for i in np.unique(owners[pos[pos >= 0]])]
 
 
 #: Merge the small blocks into the big one when there are more of them than this.
@@ -346,6 +374,8 @@ class LedgerIndex:
         self._journals_listed = False
         self._chunk_ids: dict[str, np.ndarray] = {}  # journal chunk -> its identities
         self._members: dict[str, tuple[np.ndarray, str]] = {}  # dataset file -> (ids, epoch)
+        self._member_content: dict[str, np.ndarray] = {}  # dataset file -> its rows' request contents
+        self._run = ""  # the run of the last refresh
         # Identity -> file, in segments (one per batch of member files read or
         # written), each with the oldest epoch of its files: a partition asks
         # only for files of earlier epochs, so the segments of its own run's
@@ -356,7 +386,7 @@ class LedgerIndex:
 
     # -- loading ---------------------------------------------------------------
 
-    def refresh(self, journal: str | None = None) -> None:
+    def refresh(self, journal: str | None = None, run: str = "") -> None:
         """Read the ledger and member files written since the last refresh.
 
         Journals: on the first refresh in this process every journal is read
@@ -364,11 +394,15 @@ class LedgerIndex:
         ``journal`` (the directory of the partition about to run: what an
         earlier attempt of this very task saved), since the journals of
         partitions running elsewhere hold none of this partition's rows.
+
+        ``run``: the epoch of the run asking. A run's first refresh in this
+        process forgets the files that are gone (an earlier run superseded
+        them); during the run, files that vanish are the run's own doing.
         """
         with self._refresh_lock:
-            self._refresh(journal)
+            self._refresh(journal, run)
 
-    def _refresh(self, journal: str | None) -> None:
+    def _refresh(self, journal: str | None, run: str) -> None:
         store = self.store
         rows = [f"{ROWS_DIR}/{n}" for n in store.list(ROWS_DIR) if n.endswith(LEDGER_SUFFIX)]
         if not self._journals_listed:
@@ -403,14 +437,21 @@ class LedgerIndex:
             if raw is not None:
                 member_data[name.removesuffix(LEDGER_SUFFIX)] = read_members(raw)
         with self._lock:
+            if run and run != self._run:
+                self._run = run
+                for name in [n for n in self._members if f"{n}.parquet" not in visible]:
+                    self.forget_members(name)
             self._journals_listed = True
             self._loaded.update(r for r in (*new_rows, *new_chunks) if r in data)
             self._chunk_ids.update(chunk_ids)
             if tables:
                 self._add(pa.concat_tables(tables), np.concatenate(committed))
             if member_data:
-                self._members.update(member_data)
-                self._add_members(member_data)
+                for name, (hi, epoch, content) in member_data.items():
+                    self._members[name] = (hi, epoch)
+                    # Files written before members kept contents: the ledger has them.
+                    self._member_content[name] = content if content is not None else self._content_of(hi)
+                self._add_members({name: (hi, epoch) for name, (hi, epoch, _) in member_data.items()})
             self._visible = visible
 
     def _add(self, table: pa.Table, committed: np.ndarray) -> None:
@@ -449,15 +490,28 @@ class LedgerIndex:
             keep.append(_Segment({n: self._members[n] for n in sorted(names)}))
             self._member_segments = keep
 
+    def _content_of(self, hi: np.ndarray) -> np.ndarray:
+        content = np.zeros(len(hi), dtype=np.uint64)
+        for block in self._blocks:
+            pos = block.by_id.get_indexer(hi)
+            hit = pos >= 0
+            content[hit] = block.table.column("content").to_numpy()[pos[hit]]
+        return content
+
     def register_members(self, name: str, ids: RowIds, epoch: str) -> None:
         with self._lock:
             self._members[name] = (ids.hi, epoch)
+            self._member_content[name] = ids.content
             self._add_members({name: (ids.hi, epoch)})
             self._visible.add(f"{name}.parquet")
 
-    def forget_members(self, name: str) -> None:
+    def forget_members(self, name: str, run: str = "") -> None:
+        """A dataset file is gone; ``run``: superseded by that run (its rows
+        are still "in the dataset" for that run: see :meth:`files_holding`)."""
         with self._lock:
-            self._members.pop(name, None)
+            if not run:
+                self._members.pop(name, None)
+                self._member_content.pop(name, None)
             self._visible.discard(f"{name}.parquet")
 
     # -- lookups -------------------------------------------------------------------
@@ -518,16 +572,35 @@ class LedgerIndex:
         with self._lock:
             self._chunk_ids.pop(chunk, None)
 
-    def files_holding(self, hi: np.ndarray, before: str) -> list[str]:
+    def files_holding(self, hi: np.ndarray, before: str) -> tuple[list[str], np.ndarray]:
         """Visible dataset files of epochs earlier than ``before`` that hold
-        any of the identities ``hi``, sorted."""
+        any of the identities ``hi`` (sorted), and which of ``hi`` no such
+        file held when this run first looked (files it superseded since
+        still count: their rows are being rewritten, not lost)."""
         with self._lock:
             segments = [seg for seg in self._member_segments if seg.oldest < before]
             members = dict(self._members)
             visible = set(self._visible)
         files: set[str] = set()
+        inside = np.zeros(len(hi), dtype=bool)
         for seg in segments:
-            files.update(seg.holding(hi))
+            names, held = seg.locate(hi, members)
+            files.update(names)
+            inside |= held
+        found = sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
+        return found, ~inside
+
+    def files_with_content(self, content: np.ndarray, before: str) -> list[str]:
+        """Visible dataset files of epochs earlier than ``before`` that hold
+        a row with one of the request contents ``content``, sorted."""
+        with self._lock:
+            segments = [seg for seg in self._member_segments if seg.oldest < before]
+            members = dict(self._members)
+            contents = dict(self._member_content)
+            visible = set(self._visible)
+        files: set[str] = set()
+        for seg in segments:
+            files.update(seg.with_content(content, contents))
         return sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
 
     def members_of(self, name: str) -> np.ndarray | None:

@@ -193,7 +193,7 @@ class PartitionCheckpoint:
         self.index: LedgerIndex = index_for(store, ckpt.manifest_id)
         self._writer: JournalWriter | None = None
         try:
-            self.index.refresh(self.journal_dir)
+            self.index.refresh(self.journal_dir, run=ckpt.epoch)
             self.found: Found = self.index.lookup(ids, share_content=share_content)
         except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             raise CheckpointError(f"cannot read the ledger of checkpoint {store.url}: {exc}") from exc
@@ -282,14 +282,23 @@ class PartitionCheckpoint:
             #    a file is never deleted under a partition that kept it. Its
             #    own name is kept and overwritten; if another partition
             #    superseded that name first, it writes under a name of its own.
-            name = self.name if self._claims(self.name, keep=True) else f"{self.name}-{self.ckpt.epoch[-8:]}"
+            epoch = self.ckpt.epoch
+            name = self.name if self._claims(self.name, keep=True) else f"{self.name}-{epoch[-8:]}"
             matched = self.found.matched
             held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
-            for old in index.files_holding(held, before=self.ckpt.epoch):
+            holding, outside = index.files_holding(held, before=epoch)
+            superseded = set(holding)
+            # Rows the dataset does not hold under their own identity may be
+            # there under another key (a renumbered index: a reordered or
+            # re-split CSV): files with rows of the same request stand for them.
+            outside = outside[: len(self.ids)]
+            if outside.any():
+                superseded.update(index.files_with_content(np.unique(self.ids.content[outside]), before=epoch))
+            for old in sorted(superseded):
                 if old != name and self._claims(old, keep=False):
                     store.remove_files([f"{old}.parquet"])
                     store.remove_files([f"{MEMBERS_DIR}/{old}{LEDGER_SUFFIX}"])
-                    index.forget_members(old)
+                    index.forget_members(old, run=epoch)
             # 4. Members first: a dataset file never exists without one, so
             #    it can always be superseded.
             store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
