@@ -190,6 +190,17 @@ def test_new_rows_sharing_answers_never_take_a_kept_file_away(fast_sim: Simulato
     assert_reads_back_as(tmp_path, pd.concat([frame(40), new]))
 
 
+def test_edited_rows_replace_their_earlier_versions(fast_sim: Simulator, tmp_path: Path) -> None:
+    # Exactly the rows of one earlier partition edited (same index): no new
+    # row shares a file with them, so only their keys find the old versions.
+    run(dd.from_pandas(frame(100), npartitions=4), fast_sim, tmp_path)
+    edited = frame(100)
+    edited.loc[:24, "text"] = [f"edited {i}" for i in range(25)]
+    out = run(dd.from_pandas(edited, npartitions=4), fast_sim, tmp_path)
+    assert out is not None and sum(paid(fast_sim).values()) == 125, "only the edited rows are called"
+    assert_reads_back_as(tmp_path, edited)
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -63,11 +63,14 @@ class RowIds:
     content : numpy.ndarray of uint64
         Hash of the request content alone (no key, no occurrence): rows that
         send the same request share it.
+    key : numpy.ndarray of uint64
+        Hash of the key alone: a row whose request changed keeps it.
     """
 
     hi: np.ndarray
     lo: np.ndarray
     content: np.ndarray
+    key: np.ndarray
 
     def __len__(self) -> int:
         return len(self.hi)
@@ -202,6 +205,7 @@ def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | No
         content = _combine([h for h, _ in both], n)
         tag = [np.full(n, _INDEX_TAG, dtype=np.uint64)] if key is None else []
         hi = _combine([content, *tag, *(h for h, _ in key_hashes)], n)
+        key_only = _combine([*tag, *(h for h, _ in key_hashes)], n)
         lo = _combine([*(lo_ for _, lo_ in both), *tag, *(lo_ for _, lo_ in key_hashes)], n)
         # Exact duplicates inside the partition: the k-th repeat gets k mixed in.
         if pd.Index(hi).has_duplicates:
@@ -210,4 +214,4 @@ def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | No
             occurrence = pairs.groupby(["hi", "lo"], sort=False).cumcount().to_numpy(np.uint64)
             hi = hi.copy()
             hi[dup] = _combine([hi[dup], occurrence[dup]], int(dup.sum()))
-    return RowIds(hi=np.ascontiguousarray(hi), lo=np.ascontiguousarray(lo), content=content)
+    return RowIds(hi=np.ascontiguousarray(hi), lo=np.ascontiguousarray(lo), content=content, key=key_only)

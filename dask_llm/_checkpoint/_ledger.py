@@ -152,20 +152,20 @@ def _read_arrow(data: bytes) -> pa.Table:
     return pa.ipc.open_file(pa.BufferReader(data)).read_all()
 
 
-def read_members(data: bytes) -> tuple[np.ndarray, str, np.ndarray | None]:
+def read_members(data: bytes) -> tuple[np.ndarray, str, dict[str, np.ndarray]]:
     """The row identities (``hi`` halves) a dataset file holds, the run
-    epoch that wrote it, and the rows' request contents (``None`` in files
-    written before they were kept)."""
+    epoch that wrote it, and the rows' request content and key hashes (those
+    it has: files written before they were kept have neither)."""
     table = _read_arrow(data)
     epoch = (table.schema.metadata or {}).get(b"epoch", b"").decode()
-    content = table.column("content").to_numpy() if "content" in table.column_names else None
-    return table.column("hi").to_numpy(), epoch, content
+    hashes = {name: table.column(name).to_numpy() for name in ("content", "key") if name in table.column_names}
+    return table.column("hi").to_numpy(), epoch, hashes
 
 
 def members_to_arrow(ids: RowIds, epoch: str) -> bytes:
-    """The members file of a dataset file: its rows' identities and request
-    contents, and the epoch."""
-    table = pa.table({"hi": pa.array(ids.hi, pa.uint64()), "content": pa.array(ids.content, pa.uint64())})
+    """The members file of a dataset file: its rows' identities, request
+    content and key hashes, and the epoch."""
+    table = pa.table({name: pa.array(getattr(ids, name), pa.uint64()) for name in ("hi", "content", "key")})
     return _to_arrow_file(table.replace_schema_metadata({"epoch": epoch}))
 
 
@@ -315,7 +315,7 @@ class _Segment:
         self.index = pd.Index(np.concatenate(arrays) if arrays else np.empty(0, np.uint64))
         #: The oldest epoch of its files ("~" sorts after every epoch).
         self.oldest = min((epoch for _, epoch in members.values()), default="~")
-        self._by_content: tuple[pd.Index, np.ndarray] | None = None
+        self._by_hash: dict[str, tuple[pd.Index, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -336,19 +336,19 @@ class _Segment:
         names = [self.names[i] for i in np.unique(self.owner[pos[pos >= 0]])]
         return names, np.isin(hi, self.index.to_numpy()[live[self.owner]])
 
-    def with_content(self, content: np.ndarray, contents: Mapping[str, np.ndarray]) -> list[str]:
-        """Files holding a row with one of the request contents ``content``
-        (``contents``: each file's, as known)."""
-        if self._by_content is None:
-            known = [(i, contents[n]) for i, n in enumerate(self.names) if n in contents]
-            values = np.concatenate([c for _, c in known]) if known else np.empty(0, np.uint64)
+    def with_hash(self, kind: str, values: np.ndarray, hashes: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+        """Files holding a row whose ``kind`` hash ("content" or "key") is
+        one of ``values`` (``hashes``: each file's, as known)."""
+        if kind not in self._by_hash:
+            known = [(i, hashes[n][kind]) for i, n in enumerate(self.names) if kind in hashes.get(n, {})]
+            column = np.concatenate([c for _, c in known]) if known else np.empty(0, np.uint64)
             owners = np.repeat(np.array([i for i, _ in known], dtype=np.int32), [len(c) for _, c in known])
             # One entry per (content, file): a text repeated across the table
             # costs a lookup per file, not per row.
-            pairs = pd.DataFrame({"c": values, "o": owners}).drop_duplicates()
-            self._by_content = (pd.Index(pairs["c"].to_numpy()), pairs["o"].to_numpy())
-        index, owners = self._by_content
-        pos, _ = index.get_indexer_non_unique(content)
+            pairs = pd.DataFrame({"c": column, "o": owners}).drop_duplicates()
+            self._by_hash[kind] = (pd.Index(pairs["c"].to_numpy()), pairs["o"].to_numpy())
+        index, owners = self._by_hash[kind]
+        pos, _ = index.get_indexer_non_unique(values)
         return [self.names[i] for i in np.unique(owners[pos[pos >= 0]])]
 
 
@@ -374,7 +374,7 @@ class LedgerIndex:
         self._journals_listed = False
         self._chunk_ids: dict[str, np.ndarray] = {}  # journal chunk -> its identities
         self._members: dict[str, tuple[np.ndarray, str]] = {}  # dataset file -> (ids, epoch)
-        self._member_content: dict[str, np.ndarray] = {}  # dataset file -> its rows' request contents
+        self._member_hashes: dict[str, dict[str, np.ndarray]] = {}  # dataset file -> content, key hashes
         self._run = ""  # the run of the last refresh
         # Identity -> file, in segments (one per batch of member files read or
         # written), each with the oldest epoch of its files: a partition asks
@@ -447,10 +447,10 @@ class LedgerIndex:
             if tables:
                 self._add(pa.concat_tables(tables), np.concatenate(committed))
             if member_data:
-                for name, (hi, epoch, content) in member_data.items():
+                for name, (hi, epoch, hashes) in member_data.items():
                     self._members[name] = (hi, epoch)
-                    # Files written before members kept contents: the ledger has them.
-                    self._member_content[name] = content if content is not None else self._content_of(hi)
+                    # Files written before members kept hashes: the ledger has the contents.
+                    self._member_hashes[name] = hashes if "content" in hashes else {"content": self._content_of(hi)}
                 self._add_members({name: (hi, epoch) for name, (hi, epoch, _) in member_data.items()})
             self._visible = visible
 
@@ -501,7 +501,7 @@ class LedgerIndex:
     def register_members(self, name: str, ids: RowIds, epoch: str) -> None:
         with self._lock:
             self._members[name] = (ids.hi, epoch)
-            self._member_content[name] = ids.content
+            self._member_hashes[name] = {"content": ids.content, "key": ids.key}
             self._add_members({name: (ids.hi, epoch)})
             self._visible.add(f"{name}.parquet")
 
@@ -511,7 +511,7 @@ class LedgerIndex:
         with self._lock:
             if not run:
                 self._members.pop(name, None)
-                self._member_content.pop(name, None)
+                self._member_hashes.pop(name, None)
             self._visible.discard(f"{name}.parquet")
 
     # -- lookups -------------------------------------------------------------------
@@ -590,17 +590,18 @@ class LedgerIndex:
         found = sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
         return found, ~inside
 
-    def files_with_content(self, content: np.ndarray, before: str) -> list[str]:
+    def files_with(self, kind: str, values: np.ndarray, before: str) -> list[str]:
         """Visible dataset files of epochs earlier than ``before`` that hold
-        a row with one of the request contents ``content``, sorted."""
+        a row whose ``kind`` hash ("content" or "key") is one of ``values``,
+        sorted."""
         with self._lock:
             segments = [seg for seg in self._member_segments if seg.oldest < before]
             members = dict(self._members)
-            contents = dict(self._member_content)
+            hashes = dict(self._member_hashes)
             visible = set(self._visible)
         files: set[str] = set()
         for seg in segments:
-            files.update(seg.with_content(content, contents))
+            files.update(seg.with_hash(kind, values, hashes))
         return sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
 
     def members_of(self, name: str) -> np.ndarray | None:

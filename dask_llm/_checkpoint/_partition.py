@@ -290,10 +290,13 @@ class PartitionCheckpoint:
             superseded = set(holding)
             # Rows the dataset does not hold under their own identity may be
             # there under another key (a renumbered index: a reordered or
-            # re-split CSV): files with rows of the same request stand for them.
+            # re-split CSV) or with another request (an edited row): files
+            # with rows of the same request, or of the same key, stand for them.
             outside = outside[: len(self.ids)]
             if outside.any():
-                superseded.update(index.files_with_content(np.unique(self.ids.content[outside]), before=epoch))
+                for kind in ("content", "key"):
+                    values = np.unique(getattr(self.ids, kind)[outside])
+                    superseded.update(index.files_with(kind, values, before=epoch))
             for old in sorted(superseded):
                 if old != name and self._claims(old, keep=False):
                     store.remove_files([f"{old}.parquet"])
