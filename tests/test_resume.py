@@ -201,6 +201,23 @@ def test_edited_rows_replace_their_earlier_versions(fast_sim: Simulator, tmp_pat
     assert_reads_back_as(tmp_path, edited)
 
 
+def test_an_older_result_computed_again_is_the_latest_run(fast_sim: Simulator, tmp_path: Path) -> None:
+    # A notebook cell computed again after a newer one: the dataset follows
+    # the run computed last, whichever enrich() call made it.
+    df = frame(100)
+
+    def enriched(parts: int) -> Any:
+        return dask_llm.enrich(dd.from_pandas(df, npartitions=parts), PROMPT, "ans", "m",
+                               endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))  # fmt: skip
+
+    older, newer = enriched(4), enriched(7)
+    with dask.config.set(scheduler="threads"):
+        for result in (older, newer, older):
+            assert len(result.compute()) == 100
+            assert_reads_back_as(tmp_path, df)
+    assert_each_row_paid_once(fast_sim, df)
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -313,8 +313,8 @@ class _Segment:
         self.names = list(members)
         self.owner = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
         self.index = pd.Index(np.concatenate(arrays) if arrays else np.empty(0, np.uint64))
-        #: The oldest epoch of its files ("~" sorts after every epoch).
-        self.oldest = min((epoch for _, epoch in members.values()), default="~")
+        #: The epochs (runs) of its files.
+        self.epochs = {epoch for _, epoch in members.values()}
         self._by_hash: dict[str, tuple[pd.Index, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -377,8 +377,8 @@ class LedgerIndex:
         self._member_hashes: dict[str, dict[str, np.ndarray]] = {}  # dataset file -> content, key hashes
         self._run = ""  # the run of the last refresh
         # Identity -> file, in segments (one per batch of member files read or
-        # written), each with the oldest epoch of its files: a partition asks
-        # only for files of earlier epochs, so the segments of its own run's
+        # written), each with the epochs of its files: a partition asks only
+        # for files of other runs, so the segments of its own run's
         # commits are skipped, and its own members file never makes the next
         # partition rebuild an index of every row.
         self._member_segments: list[_Segment] = []
@@ -572,13 +572,13 @@ class LedgerIndex:
         with self._lock:
             self._chunk_ids.pop(chunk, None)
 
-    def files_holding(self, hi: np.ndarray, before: str) -> tuple[list[str], np.ndarray]:
-        """Visible dataset files of epochs earlier than ``before`` that hold
-        any of the identities ``hi`` (sorted), and which of ``hi`` no such
+    def files_holding(self, hi: np.ndarray, run: str) -> tuple[list[str], np.ndarray]:
+        """Visible dataset files of runs other than ``run`` that hold any of
+        the identities ``hi`` (sorted), and which of ``hi`` no such
         file held when this run first looked (files it superseded since
         still count: their rows are being rewritten, not lost)."""
         with self._lock:
-            segments = [seg for seg in self._member_segments if seg.oldest < before]
+            segments = [seg for seg in self._member_segments if seg.epochs - {run}]
             members = dict(self._members)
             visible = set(self._visible)
         files: set[str] = set()
@@ -587,22 +587,22 @@ class LedgerIndex:
             names, held = seg.locate(hi, members)
             files.update(names)
             inside |= held
-        found = sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
+        found = sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
         return found, ~inside
 
-    def files_with(self, kind: str, values: np.ndarray, before: str) -> list[str]:
-        """Visible dataset files of epochs earlier than ``before`` that hold
+    def files_with(self, kind: str, values: np.ndarray, run: str) -> list[str]:
+        """Visible dataset files of runs other than ``run`` that hold
         a row whose ``kind`` hash ("content" or "key") is one of ``values``,
         sorted."""
         with self._lock:
-            segments = [seg for seg in self._member_segments if seg.oldest < before]
+            segments = [seg for seg in self._member_segments if seg.epochs - {run}]
             members = dict(self._members)
             hashes = dict(self._member_hashes)
             visible = set(self._visible)
         files: set[str] = set()
         for seg in segments:
             files.update(seg.with_hash(kind, values, hashes))
-        return sorted(f for f in files if f in members and members[f][1] < before and f"{f}.parquet" in visible)
+        return sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

@@ -25,7 +25,7 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
    commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
    (its journal chunks are then deleted); the dataset
-   files of *earlier runs* that hold any of its rows (or the rows whose
+   files of *other runs* that hold any of its rows (or the rows whose
    answers it shares) are deleted, unless the run keeps them (their other
    rows belong to other partitions of this run, which rewrite them or stand
    on the file, and are in the ledger meanwhile); then its members file and
@@ -34,7 +34,9 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
    partition that stands on it.
 
 So after any sequence of runs that completes, the dataset holds the latest
-run's rows exactly once (rows of earlier files are superseded, never
+run's rows exactly once (a run is one ``enrich()`` result; the latest is
+the one computed last, even if an older result is computed again; rows of
+other runs' files are superseded, never
 duplicated), and during a run it holds no row twice: a file is deleted
 before the rows it held are written again. Files of the same run never
 supersede each other, so two partitions that happen to hold identical rows
@@ -110,7 +112,7 @@ class Checkpoint:
     manifest_id : str
         Id of the manifest claimed by ``enrich()``.
     epoch : str
-        This run's epoch (:func:`new_epoch`): dataset files of earlier epochs
+        This run's epoch (:func:`new_epoch`): dataset files of other epochs
         that hold a partition's rows are superseded by it.
     retry_errors : bool
         Call again the rows whose stored outcome is an error.
@@ -276,7 +278,7 @@ class PartitionCheckpoint:
             for chunk in covered:
                 index.forget_chunk(chunk)
             store.remove_empty_dir(self.journal_dir)
-            # 3. Files of earlier runs holding any of these rows (or rows
+            # 3. Files of other runs holding any of these rows (or rows
             #    whose answers these share), unless a partition of this run
             #    stands on the file: the run's first claim on a file wins, so
             #    a file is never deleted under a partition that kept it. Its
@@ -286,7 +288,7 @@ class PartitionCheckpoint:
             name = self.name if self._claims(self.name, keep=True) else f"{self.name}-{epoch[-8:]}"
             matched = self.found.matched
             held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
-            holding, outside = index.files_holding(held, before=epoch)
+            holding, outside = index.files_holding(held, run=epoch)
             superseded = set(holding)
             # Rows the dataset does not hold under their own identity may be
             # there under another key (a renumbered index: a reordered or
@@ -296,7 +298,7 @@ class PartitionCheckpoint:
             if outside.any():
                 for kind in ("content", "key"):
                     values = np.unique(getattr(self.ids, kind)[outside])
-                    superseded.update(index.files_with(kind, values, before=epoch))
+                    superseded.update(index.files_with(kind, values, run=epoch))
             for old in sorted(superseded):
                 if old != name and self._claims(old, keep=False):
                     store.remove_files([f"{old}.parquet"])
