@@ -112,6 +112,15 @@ def test_run_jsonl_to_parquet_on_the_sync_scheduler(start_sim, tmp_path):
     assert str(out["label_prompt_tokens"].dtype) == "Int64"
 
 
+def test_jsonl_output_of_fewer_rows_than_partitions_has_no_blank_lines(start_sim, tmp_path):
+    sim = start_sim(latency=0.0)
+    tickets(2).to_csv(tmp_path / "in.csv", index=False)
+    proc = dask_llm(*run_args(sim, tmp_path / "in.csv", tmp_path / "out.jsonl", "--partitions", "5"))
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines] == answers(tickets(2)), "one JSON object per line"
+
+
 def test_failed_rows_exit_1_with_their_count(start_sim, tmp_path):
     # Every call fails with a 500 and a row gets one attempt: every row fails.
     sim = start_sim(latency=0.0, fail_rate=1.0)
@@ -198,6 +207,8 @@ BAD_INPUTS = {
     "bad input URL": (["run", "nosuchfs://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"], "cannot open input"),
     "no credentials": (["run", "{tmp}/in.csv", "{tmp}/o.csv"], "no API key for https://api.openai.com/v1: pass --api-key"),
     "output is input": (["run", "{tmp}/in.csv", "{tmp}/in.csv", "--base-url", "{url}"], "is the input"),
+    "output is the checkpoint": (["run", "{tmp}/in.csv", "{tmp}/same", "--base-url", "{url}", "--checkpoint", "{tmp}/same"],
+                                 "and --checkpoint '{tmp}/same' overlap"),
     "no checkpoint": (["status", "{tmp}/nothing-here"], "no dask-llm checkpoint"),
     "S3 without credentials": (["run", "s3://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"],
                                "input 's3://bucket/in.csv': no AWS credentials found: set AWS_ACCESS_KEY_ID"),

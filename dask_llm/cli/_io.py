@@ -189,17 +189,26 @@ class Output:
     def parts_url(self) -> str:
         return self._fs.unstrip_protocol(self._parts_root)
 
-    def check(self, input_path: str) -> None:
+    def check(self, input_path: str, checkpoint: str | None = None) -> None:
         """Refuse an OUTPUT that would destroy data.
 
         Raises
         ------
         FileExistsError
-            OUTPUT is INPUT, or a folder holding files dask-llm did not write.
+            OUTPUT is INPUT, is the checkpoint (or inside it, or holds it),
+            or is a folder holding files dask-llm did not write.
         """
         in_fs, in_root = fsspec.core.url_to_fs(input_path, **dict(self.storage_options))
         if type(in_fs) is type(self._fs) and in_root.rstrip("/") == self._root:
             raise FileExistsError(f"output {self.path!r} is the input; choose another path")
+        if checkpoint is not None:
+            ck_fs, ck_root = fsspec.core.url_to_fs(checkpoint, **dict(self.storage_options))
+            a, b = ck_root.rstrip("/"), self._root
+            if type(ck_fs) is type(self._fs) and (a == b or b.startswith(a + "/") or a.startswith(b + "/")):
+                # Both are folders of part-* files: reading either would see the other's rows.
+                raise FileExistsError(
+                    f"output {self.path!r} and --checkpoint {checkpoint!r} overlap; give each its own path"
+                )
         if not self.single_file and self._fs.isdir(self._root):
             foreign = [
                 n for n in (p.rstrip("/").rpartition("/")[2] for p in self._fs.ls(self._root, detail=False))
@@ -269,9 +278,11 @@ def _write_part(
         data = sink.getvalue().to_pybytes()
     elif fmt == "csv":
         data = frame.to_csv(index=False, header=False).encode()
+    elif frame.empty:  # pandas writes a bare newline: a blank line in the joined file
+        data = b""
     else:
         text = frame.to_json(orient="records", lines=True, force_ascii=False)
-        data = (text if not text or text.endswith("\n") else text + "\n").encode()
+        data = (text if text.endswith("\n") else text + "\n").encode()
     ext = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}[fmt]
     # Whole-file atomic write: a rerun of the task replaces the part, and a
     # reader never sees half of one.

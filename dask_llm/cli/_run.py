@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         return _cancel_batches(args, ddf, endpoint, options)
     with storage_errors("output", args.output):
         output = Output(args.output, options)
-        output.check(args.input)
+        output.check(args.input, args.checkpoint)
     outputs = OutputColumns(args.column)
     channel = ProgressChannel.new()
     tty = err.isatty()
