@@ -524,12 +524,12 @@ class _Pool:
         where = self.job.endpoint.display_url
         if failure.kind is Kind.AUTH:
             raise AuthenticationError(
-                f"{where} refused the request: {failure.message}. Check the API key "
+                f"{where} refused the request: {failure.message.rstrip('.')}. Check the API key "
                 f"(the one passed, else OPENAI_API_KEY) and the account's quota."
             )
         if failure.kind is Kind.NOT_FOUND:
             raise ModelNotFoundError(
-                f"{where} answered 404 for model {self.job.model!r}: {failure.message}. "
+                f"{where} answered 404 for model {self.job.model!r}: {failure.message.rstrip('.')}. "
                 f"Check the model (or Azure deployment) name and the base URL."
             )
 

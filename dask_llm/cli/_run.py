@@ -230,6 +230,13 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("rpm", "tpm", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name} must be a positive number, got {value:g}")
+    needing = [flag for flag, on in (("--retry-errors", args.retry_errors), ("--overwrite", args.overwrite)) if on]
+    if needing and not args.checkpoint:
+        raise ConfigError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --checkpoint")
     options = parse_storage_options(args.storage_option)
     endpoint = resolve_endpoint(args)
     budget: Budget | bool | None = False if args.no_budget else None  # None: the adaptive default
