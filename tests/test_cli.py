@@ -121,6 +121,25 @@ def test_jsonl_output_of_fewer_rows_than_partitions_has_no_blank_lines(start_sim
     assert [json.loads(line)["label"] for line in lines] == answers(tickets(2)), "one JSON object per line"
 
 
+def test_a_reordered_input_resumes_free_and_status_counts_its_rows(start_sim, tmp_path):
+    # dd.read_csv numbers rows by position: the reversed file renumbers every row.
+    sim = start_sim(latency=0.0)
+    frame = tickets(40)
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.iloc[::-1].to_csv(tmp_path / "rev.csv", index=False)
+    ckpt = tmp_path / "ckpt"
+    for name in ("a.csv", "rev.csv", "a.csv"):
+        proc = dask_llm(
+            *run_args(sim, tmp_path / name, tmp_path / f"out-{name}", "--checkpoint", ckpt, "--partitions", "3")
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert sim.stats()["successes"] == 40, "the reordered runs call nothing"
+    status = dask_llm("status", str(ckpt))
+    assert "rows done: 40 of 40 (100%)" in status.stdout and "holds 80 row identities" in status.stdout, status.stdout
+    assert "dataset: 40 rows in 3 files" in status.stdout, status.stdout
+    assert len(pd.read_parquet(ckpt)) == 40
+
+
 def test_failed_rows_exit_1_with_their_count(start_sim, tmp_path):
     # Every call fails with a 500 and a row gets one attempt: every row fails.
     sim = start_sim(latency=0.0, fail_rate=1.0)

@@ -105,8 +105,14 @@ def _read_batches(store: Store, status: CheckpointStatus) -> None:
 
 
 def format_status(s: CheckpointStatus) -> str:
+    extra = ""
     if s.rows_total:
-        rows = f"{s.rows_done:,} of {s.rows_total:,} ({min(s.rows_done / s.rows_total, 1):.0%})"
+        done = min(s.rows_done, s.rows_total)
+        rows = f"{done:,} of {s.rows_total:,} ({done / s.rows_total:.0%})"
+        if s.rows_done > s.rows_total:
+            # Rows renumbered (a reordered or re-split file) or removed since
+            # they were answered: their earlier identities stay in the ledger.
+            extra = f" (the ledger holds {s.rows_done:,} row identities: rows renumbered or removed since)"
     else:
         rows = f"{s.rows_done:,}"
     price = cost_function(s.model)
@@ -114,7 +120,7 @@ def format_status(s: CheckpointStatus) -> str:
     lines = [
         f"checkpoint: {s.url}",
         f"model: {s.model}  column: {s.column}",
-        f"rows done: {rows}  errors: {s.errors:,}  429s: {s.rate_limited:,}",
+        f"rows done: {rows}  errors: {s.errors:,}  429s: {s.rate_limited:,}{extra}",
         f"dataset: {s.rows_visible:,} rows in {s.files:,} files",
         f"tokens: {format_count(s.prompt_tokens)} in, {format_count(s.completion_tokens)} out  "
         f"cost: {f'${cost:,.4f}' if cost is not None else 'unknown'}",
