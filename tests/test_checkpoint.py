@@ -163,6 +163,8 @@ def test_changed_prompt_is_refused_unless_overwrite(sim: Simulator, tmp_path: Pa
         assert str(tmp_path) in str(info.value) and "overwrite=True" in str(info.value)
     with pytest.raises(CheckpointError, match="prompt was 'Say: {text}', now 'Echo: {text}'"):
         dask_llm.enrich(ddf, "Echo: {text}", "ans", "m", endpoint=endpoint_for(sim), checkpoint=tmp_path)
+    with pytest.raises(CheckpointError, match="column was 'ans', now 'label'"):
+        dask_llm.enrich(ddf, PROMPT, "label", "m", endpoint=endpoint_for(sim), checkpoint=tmp_path)
 
     out = dask_llm.enrich(ddf, "Echo: {text}", "ans", "m", endpoint=endpoint_for(sim),
                           checkpoint=tmp_path, overwrite=True).compute()  # fmt: skip
@@ -188,6 +190,7 @@ def test_a_directory_of_other_files_is_refused(sim: Simulator, tmp_path: Path) -
     with pytest.raises(CheckpointError):
         enrich(frame(4), sim, tmp_path, overwrite=True)  # never deletes foreign data
     assert (tmp_path / "data.csv").exists() and sim.stats()["requests"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"], "the folder is left as it was"
 
 
 def test_memory_filesystem(sim: Simulator) -> None:

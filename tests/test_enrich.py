@@ -167,7 +167,7 @@ def test_template_errors_are_raised_before_any_call(sim):
     ep = endpoint_for(sim)
     with pytest.raises(dask_llm.TemplateError, match="'titel'"):
         dask_llm.enrich(ddf, "{titel}", "label", "m", endpoint=ep)
-    with pytest.raises(dask_llm.TemplateError, match="'owner'"):
+    with pytest.raises(dask_llm.TemplateError, match=r"^system message names column\(s\) 'owner'"):
         dask_llm.enrich(ddf, "{title}", "label", "m", endpoint=ep, system="You answer {owner}")
     with pytest.raises(dask_llm.TemplateError, match="positional"):
         dask_llm.enrich(ddf, "{} {title}", "label", "m", endpoint=ep)

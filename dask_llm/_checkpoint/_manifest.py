@@ -156,8 +156,20 @@ def _difference(stored: Mapping[str, Any], spec: RunSpec) -> str:
     """Which of prompt, model, ... differ, for the error message."""
     now = spec.describe()
     changed = [
-        f"{key} was {stored.get(key)!r}, now {now[key]!r}"
+        _columns_change(stored.get(key) or {}, now.get(key) or {})
+        if key == "columns"
+        else f"{key} was {stored.get(key)!r}, now {now.get(key)!r}"
         for key in ("model", "prompt", "system", "params", "columns", "key")
         if stored.get(key) != now.get(key)
     ]
     return "; ".join(changed) or "stored by another version of dask-llm"
+
+
+def _columns_change(was: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    # The first output column is the one the user named; the rest follow it.
+    before, after = next(iter(was), None), next(iter(now), None)
+    if before != after:
+        return f"column was {before!r}, now {after!r}"
+    types = [f"{name} {was[name]} -> {now[name]}" for name in now if name in was and was[name] != now[name]]
+    names = sorted(set(was) ^ set(now))
+    return f"output columns changed ({', '.join(types or names)})"

@@ -68,6 +68,7 @@ from .._errors import CheckpointError
 from ._identity import RowIds, row_ids
 from ._journal import JournalWriter
 from ._ledger import (
+    INTERNAL_DIR,
     JOURNAL_DIR,
     LEDGER_SUFFIX,
     MEMBERS_DIR,
@@ -365,14 +366,19 @@ def open_checkpoint(
     try:
         store = open_store(shown, storage_options)
         store.makedirs()
-        probe = f"_dask_llm/.probe-{uuid.uuid4().hex}"
+        probe = f"{INTERNAL_DIR}/.probe-{uuid.uuid4().hex}"
         store.write(probe, b"")
         store.remove(probe)
     except Exception as exc:  # whatever the backend raises, name the path
         raise CheckpointError(f"checkpoint path {shown!r} is not writable: {type(exc).__name__}: {exc}") from exc
     try:
         manifest_id = claim(store, spec, overwrite)
-    except OSError as exc:
+    except (OSError, CheckpointError) as exc:
+        # Refused: leave the folder as it was (the probe made _dask_llm/; an
+        # existing checkpoint's is not empty, so it stays).
+        store.remove_empty_dir(INTERNAL_DIR)
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"cannot use checkpoint path {shown!r}: {exc}") from exc
     return Checkpoint(
         url=store.url,

@@ -154,8 +154,10 @@ class Prompt:
         have = set(labels)
         missing = [c for c in self.columns if c not in have]
         if missing:
+            in_prompt = {f.name for f in self._user_fields}
+            where = "prompt" if any(c in in_prompt for c in missing) else "system message"
             raise TemplateError(
-                f"prompt names column(s) {', '.join(map(repr, missing))} that the frame "
+                f"{where} names column(s) {', '.join(map(repr, missing))} that the frame "
                 f"does not have; available: {', '.join(map(repr, sorted(have))) or 'none'}"
             )
         twice = [c for c in self.columns if labels.count(c) > 1]
