@@ -232,6 +232,8 @@ BAD_INPUTS = {
                                  "--retry-errors needs --checkpoint"),
     "rpm 0": (["run", "{tmp}/in.csv", "{tmp}/o.csv", "--base-url", "{url}", "--rpm", "0"],
               "--rpm must be a positive number, got 0"),
+    "output under a file": (["run", "{tmp}/in.csv", "{tmp}/in.csv/o.csv", "--base-url", "{url}"],
+                            "output '{tmp}/in.csv/o.csv': '{tmp}/in.csv' is a file, not a folder"),
     "no checkpoint": (["status", "{tmp}/nothing-here"], "no dask-llm checkpoint"),
     "S3 without credentials": (["run", "s3://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"],
                                "input 's3://bucket/in.csv': no AWS credentials found: set AWS_ACCESS_KEY_ID"),

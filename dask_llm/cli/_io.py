@@ -221,6 +221,15 @@ class Output:
                 )
         elif self._fs.isdir(self._root):
             raise FileExistsError(f"output {self.path!r} is a folder; a {self.format} output is one file")
+        # The parts are written beside OUTPUT first: on a local disk, name
+        # OUTPUT's folder, not theirs, when it is a file (object stores have
+        # no folders to be in the way).
+        protocols = (self._fs.protocol,) if isinstance(self._fs.protocol, str) else self._fs.protocol
+        parent = self._root.rpartition("/")[0] if self.single_file else self._root
+        while "file" in protocols and parent and not self._fs.exists(parent):
+            parent = parent.rpartition("/")[0]
+        if "file" in protocols and parent and not self._fs.isdir(parent):
+            raise FileExistsError(f"output {self.path!r}: {parent!r} is a file, not a folder")
 
     def write(self, out: dd.DataFrame, outputs: OutputColumns) -> dd.DataFrame:
         """A lazy frame of per-partition :data:`TOTALS`; computing it writes the parts."""
