@@ -108,6 +108,16 @@ def test_four_schedulers_give_identical_results(start_sim):
     assert sim.stats()["successes"] == 4 * 60
 
 
+def test_the_multiprocessing_scheduler_is_refused_before_any_call(sim):
+    # Its pool processes share no coordinator: a budget or a checkpoint's
+    # claims would hold per process (a checkpoint read back 8 of 88 rows).
+    ddf = dd.from_pandas(tickets(8), npartitions=2)
+    out = dask_llm.enrich(ddf, "{title}", "label", "m", endpoint=endpoint_for(sim))
+    with pytest.raises(dask_llm.ConfigError, match="multiprocessing scheduler.*LocalCluster"):
+        out.compute(scheduler="processes", num_workers=2)
+    assert sim.stats()["requests"] == 0
+
+
 def test_transient_faults_are_retried_and_nothing_is_lost(start_sim):
     sim = start_sim(mode="echo", fail_rate=0.15, malformed_rate=0.1, rate_limit_rate=0.05, seed=7)
     # A quarter of the attempts fail: with 8 attempts, one row in a few
