@@ -218,6 +218,40 @@ def test_an_older_result_computed_again_is_the_latest_run(fast_sim: Simulator, t
     assert_each_row_paid_once(fast_sim, df)
 
 
+def test_duplicate_partitions_then_one_copy_reads_back_once(fast_sim: Simulator, tmp_path: Path) -> None:
+    # The copy that stays finds its file already there; the other copy's
+    # file, of the earlier run, holds the same rows and must go.
+    part = dd.from_pandas(frame(20), npartitions=1)
+    with dask.config.set(scheduler="sync"):
+        for ddf, rows in ((dd.concat([part, part]), 40), (part, 20), (part, 20)):
+            out = dask_llm.enrich(ddf, PROMPT, "ans", "m", endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))
+            assert len(out.compute()) == rows
+            assert len(pq.read_table(tmp_path)) == rows
+    assert sum(paid(fast_sim).values()) == 20
+
+
+def test_a_result_computed_again_under_a_fresh_coordinator_keeps_one_copy(fast_sim: Simulator, tmp_path: Path) -> None:
+    from dask_llm._coordination import local_coordinator
+
+    a, b = frame(10), frame(10, start=10)
+    first_a, kept = dd.from_pandas(a, npartitions=1), dd.from_pandas(b, npartitions=1)
+    run(dd.concat([first_a, kept]), fast_sim, tmp_path)
+    # kept is partition 1 again, but a renumbered copy of its rows before it
+    # supersedes its file first: it writes under a name of its own.
+    renumbered = [dd.from_pandas(b.set_axis(range(start, start + 10)), npartitions=1) for start in (50, 70)]
+    with dask.config.set(scheduler="sync"):
+        out = dask_llm.enrich(dd.concat([renumbered[0], kept, renumbered[1], first_a]), PROMPT, "ans", "m",
+                              endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))  # fmt: skip
+        first = out.compute()
+        assert len(pq.read_table(tmp_path)) == 40
+        local_coordinator().state.claims.clear()  # a new scheduler: the run's claims are gone
+        again = out.compute()
+    back = pq.read_table(tmp_path).to_pandas()
+    assert len(first) == len(again) == len(back) == 40, "one copy of each row"
+    assert sorted(back.index) == sorted(first.index)
+    assert sum(paid(fast_sim).values()) == 20
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -19,8 +19,9 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
    index: rows found are restored, the others are called;
 2. **fast path**: if the dataset already holds exactly this partition (a
    file with its number and content key, listing exactly its rows), every
-   row is found, and the run *keeps* that file (the run's first claim on it,
-   through the coordinator: see step 3), nothing is called or written;
+   row is found, no other run's file holds these rows too, and the run
+   *keeps* that file (the run's first claim on it, through the coordinator:
+   see step 3), nothing is called or written;
 3. otherwise it calls the missing rows (journaling them continuously), then
    commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
@@ -215,6 +216,9 @@ class PartitionCheckpoint:
             and bool(self.found.found.all())
             and members is not None
             and len(members) == len(ids)
+            # No other run's file holds these rows too (a copy left by an
+            # earlier run's duplicate partitions would stay forever).
+            and set(self.index.files_holding(ids.hi, run=ckpt.epoch)[0]) <= {self.name}
             and self._claims(self.name, keep=True)
         )
 
@@ -310,6 +314,12 @@ class PartitionCheckpoint:
             store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
             index.register_members(name, self.ids, self.ckpt.epoch)
             store.write(f"{name}.parquet", _parquet(result))
+            alternate = f"{self.name}-{epoch[-8:]}"
+            if name == self.name and index.members_of(alternate) is not None:
+                # A copy of these rows this run wrote under its own name
+                # while the usual one was superseded (an earlier compute).
+                store.remove_files([f"{alternate}.parquet", f"{MEMBERS_DIR}/{alternate}{LEDGER_SUFFIX}"])
+                index.forget_members(alternate)
         except CheckpointError:
             raise
         except Exception as exc:
