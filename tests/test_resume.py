@@ -490,3 +490,8 @@ def test_cells_holding_lists_have_identities() -> None:
     ids = row_ids(df, ["tags"])
     assert len(set(ids.hi)) == 4 and ids.content[0] == ids.content[1] != ids.content[2]
     assert np.array_equal(row_ids(df, ["tags"]).hi, ids.hi)
+    # A cell's identity is its own, whatever the other cells: a column of
+    # lists all of one length hashes each list as a column of mixed cells does.
+    same_length = row_ids(pd.DataFrame({"tags": pd.Series([[1, 2], [3, 4]], dtype=object)}), ["tags"])
+    mixed = row_ids(pd.DataFrame({"tags": pd.Series([[1, 2], "x"], dtype=object)}), ["tags"])
+    assert same_length.content[0] == mixed.content[0]

@@ -135,7 +135,11 @@ def _utf8(values: pd.Series | pd.Index) -> np.ndarray:
             out[where] = [_ESCAPE + v for v in out[where]]
         return out
     obj = np.asarray(values.to_numpy(dtype=object, na_value=None))
-    return np.asarray([_escaped(v) for v in obj], dtype=object) if len(obj) else obj
+    # Filled cell by cell: np.asarray of a list makes list cells of one length 2-D.
+    out = np.empty(len(obj), dtype=object)
+    for i, v in enumerate(obj):
+        out[i] = _escaped(v)
+    return out
 
 
 #: pandas hashes a missing value as the text ``str(value)`` ("None", "nan"):
