@@ -577,32 +577,39 @@ class LedgerIndex:
         the identities ``hi`` (sorted), and which of ``hi`` no such
         file held when this run first looked (files it superseded since
         still count: their rows are being rewritten, not lost)."""
-        with self._lock:
-            segments = [seg for seg in self._member_segments if seg.epochs - {run}]
-            members = dict(self._members)
-            visible = set(self._visible)
+        segments, members, _ = self._other_runs(run)
         files: set[str] = set()
         inside = np.zeros(len(hi), dtype=bool)
         for seg in segments:
             names, held = seg.locate(hi, members)
             files.update(names)
             inside |= held
-        found = sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
-        return found, ~inside
+        return self._visible_of(files, run), ~inside
 
     def files_with(self, kind: str, values: np.ndarray, run: str) -> list[str]:
         """Visible dataset files of runs other than ``run`` that hold
         a row whose ``kind`` hash ("content" or "key") is one of ``values``,
         sorted."""
-        with self._lock:
-            segments = [seg for seg in self._member_segments if seg.epochs - {run}]
-            members = dict(self._members)
-            hashes = dict(self._member_hashes)
-            visible = set(self._visible)
+        segments, _, hashes = self._other_runs(run)
         files: set[str] = set()
         for seg in segments:
             files.update(seg.with_hash(kind, values, hashes))
-        return sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
+        return self._visible_of(files, run)
+
+    def _other_runs(
+        self, run: str
+    ) -> tuple[list[_Segment], dict[str, tuple[np.ndarray, str]], dict[str, dict[str, np.ndarray]]]:
+        """The segments with files of runs other than ``run``, and a copy of
+        the members and their hashes (read without the lock)."""
+        with self._lock:
+            segments = [seg for seg in self._member_segments if seg.epochs - {run}]
+            return segments, dict(self._members), dict(self._member_hashes)
+
+    def _visible_of(self, files: set[str], run: str) -> list[str]:
+        """Those of ``files`` that are visible and of runs other than ``run``, sorted."""
+        with self._lock:
+            members, visible = self._members, self._visible
+            return sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

@@ -290,7 +290,8 @@ class PartitionCheckpoint:
             #    own name is kept and overwritten; if another partition
             #    superseded that name first, it writes under a name of its own.
             epoch = self.ckpt.epoch
-            name = self.name if self._claims(self.name, keep=True) else f"{self.name}-{epoch[-8:]}"
+            alternate = f"{self.name}-{epoch[-8:]}"
+            name = self.name if self._claims(self.name, keep=True) else alternate
             matched = self.found.matched
             held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
             holding, outside = index.files_holding(held, run=epoch)
@@ -306,26 +307,29 @@ class PartitionCheckpoint:
                     superseded.update(index.files_with(kind, values, run=epoch))
             for old in sorted(superseded):
                 if old != name and self._claims(old, keep=False):
-                    store.remove_files([f"{old}.parquet"])
-                    store.remove_files([f"{MEMBERS_DIR}/{old}{LEDGER_SUFFIX}"])
-                    index.forget_members(old, run=epoch)
+                    self._remove(old, run=epoch)
             # 4. Members first: a dataset file never exists without one, so
             #    it can always be superseded.
-            store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, self.ckpt.epoch))
-            index.register_members(name, self.ids, self.ckpt.epoch)
+            store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, epoch))
+            index.register_members(name, self.ids, epoch)
             store.write(f"{name}.parquet", _parquet(result))
-            alternate = f"{self.name}-{epoch[-8:]}"
             if name == self.name and index.members_of(alternate) is not None:
                 # A copy of these rows this run wrote under its own name
                 # while the usual one was superseded (an earlier compute).
-                store.remove_files([f"{alternate}.parquet", f"{MEMBERS_DIR}/{alternate}{LEDGER_SUFFIX}"])
-                index.forget_members(alternate)
+                self._remove(alternate)
         except CheckpointError:
             raise
         except Exception as exc:
             raise CheckpointError(
                 f"could not commit partition {self.number} to checkpoint {store.url}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _remove(self, name: str, run: str = "") -> None:
+        """Delete a dataset file, then its members file (never the other way
+        round: a dataset file without members could not be superseded)."""
+        self.store.remove_files([f"{name}.parquet"])
+        self.store.remove_files([f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}"])
+        self.index.forget_members(name, run=run)
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
