@@ -128,7 +128,7 @@ def _utf8(values: pd.Series | pd.Index) -> np.ndarray:
         binary = arr.cast(pa.large_binary())
         out = np.asarray(binary.to_numpy(zero_copy_only=False))
         clash = pc.starts_with(arr, "\x00")
-        if (pc.min(pc.binary_length(binary)).as_py() or 0) <= 4:  # "None", "nan": rarely worth the lookup
+        if (pc.min(pc.binary_length(binary)).as_py() or 0) <= _NULL_LONGEST:  # rarely worth the lookup
             clash = pc.or_(clash, pc.is_in(binary, _NULL_TEXTS))
         if pc.any(clash).as_py():
             where = pc.fill_null(clash, False).to_numpy(zero_copy_only=False)
@@ -146,13 +146,15 @@ def _utf8(values: pd.Series | pd.Index) -> np.ndarray:
 #: a text equal to one of these (or starting with the escape byte) gets the
 #: escape byte in front, so a cell holding "None" is never a missing cell.
 _ESCAPE = b"\x00"
-_NULL_TEXTS = pa.array([b"None", b"nan"], pa.large_binary())
+_NULL_BYTES = (b"None", b"nan")
+_NULL_TEXTS = pa.array(_NULL_BYTES, pa.large_binary())
+_NULL_LONGEST = max(map(len, _NULL_BYTES))
 
 
 def _escaped(value: object) -> object:
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogatepass")
-    if isinstance(value, bytes) and (value in (b"None", b"nan") or value.startswith(_ESCAPE)):
+    if isinstance(value, bytes) and (value in _NULL_BYTES or value.startswith(_ESCAPE)):
         return _ESCAPE + value
     return value
 
