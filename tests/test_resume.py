@@ -218,6 +218,26 @@ def test_an_older_result_computed_again_is_the_latest_run(fast_sim: Simulator, t
     assert_each_row_paid_once(fast_sim, df)
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_a_look_at_some_partitions_then_the_whole_result_keeps_one_copy(
+    fast_sim: Simulator, tmp_path: Path, scheduler: str
+) -> None:
+    # What a notebook does: peek (tail, one partition), then compute it all.
+    # The graph of a peek holds only some partitions; each keeps its number,
+    # so its file is the one the whole compute finds, not a second copy.
+    df = frame(100)
+    with dask.config.set(scheduler=scheduler):
+        out = dask_llm.enrich(dd.from_pandas(df, npartitions=4), PROMPT, "ans", "m",
+                              endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))  # fmt: skip
+        assert out.tail(5)["n"].tolist() == list(range(95, 100))
+        assert out.partitions[1].compute()["n"].tolist() == list(range(25, 50))
+        assert_reads_back_as(tmp_path, pd.concat([df.iloc[25:50], df.iloc[75:]]))
+        assert len(out.compute()) == 100
+    assert_reads_back_as(tmp_path, df)
+    assert sorted(p.name[:10] for p in tmp_path.glob("part-*.parquet")) == [f"part-0000{i}" for i in range(4)]
+    assert_each_row_paid_once(fast_sim, df)
+
+
 def test_duplicate_partitions_then_one_copy_reads_back_once(fast_sim: Simulator, tmp_path: Path) -> None:
     # The copy that stays finds its file already there; the other copy's
     # file, of the earlier run, holds the same rows and must go.

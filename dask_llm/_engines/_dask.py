@@ -8,9 +8,6 @@ and synchronous schedulers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import dask.dataframe as dd
 import pandas as pd
 
@@ -32,7 +29,22 @@ def enrich_dask(ddf: dd.DataFrame, job: Job) -> dd.DataFrame:
         return _two_phases(ddf, job, meta)
     # meta is given, so dask never calls the function on fake data, which
     # would be a paid call at graph-construction time.
-    return ddf.map_partitions(_partition, job, meta=meta, token=f"llm-{job.outputs.column}")
+    return ddf.map_partitions(
+        _partition, _numbers(ddf.npartitions), job, align_dataframes=False, meta=meta, token=f"llm-{job.outputs.column}"
+    )
+
+
+def _numbers(npartitions: int) -> dd.DataFrame:
+    """A frame whose partition ``i`` holds the number ``i``, mapped beside
+    the input: a graph of some partitions only (``out.partitions[k]``,
+    ``out.tail()``) keeps their numbers, where ``partition_info`` would
+    number them from 0, naming their checkpoint files after other partitions."""
+    meta = pd.DataFrame({"number": pd.Series([], dtype="int64")})
+    return dd.from_map(_number, range(npartitions), meta=meta, enforce_metadata=False)
+
+
+def _number(i: int) -> pd.DataFrame:
+    return pd.DataFrame({"number": [i]})
 
 
 def _two_phases(ddf: dd.DataFrame, job: Job, meta: pd.DataFrame) -> dd.DataFrame:
@@ -63,8 +75,6 @@ def _collect(frame: pd.DataFrame, submitted: Submitted, barrier: int, job: Job, 
     return collect_rows(frame, submitted, job, number)
 
 
-def _partition(frame: pd.DataFrame, job: Job, partition_info: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    # The number names the checkpoint file; rows are keyed by identity, since
-    # the optimizer may renumber partitions between graphs.
-    number = int((partition_info or {}).get("number") or 0)
-    return enrich_batch(frame, job, number=number)
+def _partition(frame: pd.DataFrame, numbers: pd.DataFrame, job: Job) -> pd.DataFrame:
+    # The number names the checkpoint file; rows are keyed by identity.
+    return enrich_batch(frame, job, number=int(numbers["number"].iloc[0]))
