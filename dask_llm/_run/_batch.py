@@ -83,11 +83,18 @@ def _run_metadata(run_spec: str) -> dict[str, str]:
     return {"dask_llm_run": run_spec[:16]}
 
 
-def _plan_rows(frame: pd.DataFrame, job: Job, number: int) -> tuple[PartitionCheckpoint | None, RowIds, list[int]]:
-    """The checkpoint of the batch (if any), its row identities, the rows to call."""
+def _plan_rows(
+    frame: pd.DataFrame, job: Job, number: int, coordinator: Coordinator | None = None
+) -> tuple[PartitionCheckpoint | None, RowIds, list[int]]:
+    """The checkpoint of the batch (if any), its row identities, the rows to
+    call; with ``coordinator``, the one that answers the run's claims on
+    dataset files (the phase that commits)."""
+    from ._runner import claims_of
+
     if job.checkpoint is not None:
+        claim = claims_of(coordinator, job.checkpoint.epoch) if coordinator is not None else None
         saved = job.checkpoint.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                                         partition_info={"number": number})  # fmt: skip
+                                         partition_info={"number": number}, claim=claim)  # fmt: skip
         return saved, saved.ids, saved.todo
     return None, row_ids(frame, job.prompt.columns, job.key), list(range(len(frame)))
 
@@ -207,7 +214,7 @@ def collect_rows(
     from ._runner import _fields, _result
 
     coord = _coordinator(job, coordinator)
-    saved, ids, todo = _plan_rows(frame, job, number)
+    saved, ids, todo = _plan_rows(frame, job, number, coord)
     n = len(frame)
     outcomes: dict[int, Outcome] = {}
     earlier, resumed, resumed_errors = saved.restored_by_run() if saved is not None else (n - len(todo), 0, 0)
