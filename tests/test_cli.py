@@ -112,6 +112,19 @@ def test_run_jsonl_to_parquet_on_the_sync_scheduler(start_sim, tmp_path):
     assert str(out["label_prompt_tokens"].dtype) == "Int64"
 
 
+@pytest.mark.parametrize("name", ["in.json", "in.json.gz"])
+def test_a_json_array_input_reads_as_its_objects(start_sim, tmp_path, name):
+    # A *.json file is as often one JSON array as JSON Lines.
+    sim = start_sim(latency=0.0)
+    frame = tickets(12)
+    frame.to_json(tmp_path / name, orient="records", indent=2)
+    proc = dask_llm(*run_args(sim, tmp_path / name, tmp_path / "out.csv", "--partitions", "3"))
+    assert proc.returncode == 0, proc.stderr
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out["id"].tolist() == list(range(12))
+    assert out["label"].tolist() == answers(frame)
+
+
 def test_jsonl_output_of_fewer_rows_than_partitions_has_no_blank_lines(start_sim, tmp_path):
     sim = start_sim(latency=0.0)
     tickets(2).to_csv(tmp_path / "in.csv", index=False)
@@ -234,6 +247,12 @@ BAD_INPUTS = {
               "--rpm must be a positive number, got 0"),
     "output under a file": (["run", "{tmp}/in.csv", "{tmp}/in.csv/o.csv", "--base-url", "{url}"],
                             "output '{tmp}/in.csv/o.csv': '{tmp}/in.csv' is a file, not a folder"),
+    "output of no format": (["run", "{tmp}/in.csv", "{tmp}/o.txt", "--base-url", "{url}"],
+                            "output '{tmp}/o.txt': no format is named .txt; write a *.csv or *.jsonl file"),
+    "input not Parquet": (["run", "{tmp}/in.txt", "{tmp}/o.csv", "--base-url", "{url}"],
+                          "cannot read input '{tmp}/in.txt' as Parquet (the format follows the name"),
+    "input not CSV": (["run", "{tmp}/empty.csv", "{tmp}/o.csv", "--base-url", "{url}"],
+                      "cannot read input '{tmp}/empty.csv' as CSV: "),
     "no checkpoint": (["status", "{tmp}/nothing-here"], "no dask-llm checkpoint"),
     "S3 without credentials": (["run", "s3://bucket/in.csv", "{tmp}/o.csv", "--base-url", "{url}"],
                                "input 's3://bucket/in.csv': no AWS credentials found: set AWS_ACCESS_KEY_ID"),
@@ -250,6 +269,8 @@ BAD_INPUTS = {
 
 def test_bad_input_is_one_line_and_exit_2(sim, tmp_path):
     tickets(3).to_csv(tmp_path / "in.csv", index=False)
+    tickets(3).to_csv(tmp_path / "in.txt", index=False)  # a CSV, by a name that says nothing
+    (tmp_path / "empty.csv").write_text("")
     fill = {"tmp": str(tmp_path), "url": sim.url}
     procs = {}
     # No AWS credentials anywhere, and no instance metadata to ask (no network here).

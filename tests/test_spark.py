@@ -244,15 +244,20 @@ def test_local_cluster_with_separate_executor_jvms(start_sim: Callable[..., Simu
     assert len(pq.read_table(tmp_path / "ckpt")) == 80
 
 
-def test_the_command_line_runs_on_spark(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["in.csv", "in.json"])
+def test_the_command_line_runs_on_spark(sim: Simulator, tmp_path: Path, name: str) -> None:
     _require_spark()
     import pandas as pd
 
     from .test_cli import clean_env, dask_llm_command
 
-    pd.DataFrame({"id": range(50), "text": [f"row {i}" for i in range(50)]}).to_csv(tmp_path / "in.csv", index=False)
+    frame = pd.DataFrame({"id": range(50), "text": [f"row {i}" for i in range(50)]})
+    if name == "in.csv":
+        frame.to_csv(tmp_path / name, index=False)
+    else:  # a JSON array, as a *.json file often is
+        frame.to_json(tmp_path / name, orient="records", indent=2)
     proc = subprocess.run(
-        [*dask_llm_command(), "run", str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), "--prompt", "Say: {text}",
+        [*dask_llm_command(), "run", str(tmp_path / name), str(tmp_path / "out.csv"), "--prompt", "Say: {text}",
          "--column", "ans", "--model", "m", "--base-url", sim.url, "--api-key", API_KEY, "--engine", "spark",
          "--master", "local[2]", "--checkpoint", str(tmp_path / "ckpt")],
         capture_output=True, text=True, timeout=300, env=clean_env(),

@@ -7,9 +7,14 @@ The format follows the name:
 name                                     format
 =======================================  ======================================
 ``*.csv``, ``*.csv.gz``                  CSV with a header row
-``*.jsonl``, ``*.ndjson``, ``*.json``    JSON Lines (one object per line)
+``*.jsonl``, ``*.ndjson``, ``*.json``    JSON Lines (one object per line); an
+                                         INPUT ``*.json`` may also be a JSON
+                                         array of objects
 anything else (``*.parquet``, a folder)  Parquet (a file, folder or glob)
 =======================================  ======================================
+
+An OUTPUT with another file suffix (``out.txt``, ``out.tsv``) is refused
+rather than written as a Parquet folder of that name.
 
 INPUT may be a glob (``data/*.csv``). A CSV or JSON Lines OUTPUT is one
 file; a Parquet OUTPUT is a folder of ``part-NNNNN.parquet`` files.
@@ -40,7 +45,17 @@ from .._core._store import open_store
 from .._cost._summary import RunSummary
 from ._storage import missing_filesystem
 
-__all__ = ["TOTALS", "Format", "Output", "auto_partitions", "format_of", "partition_totals", "read_input"]
+__all__ = [
+    "TOTALS",
+    "Format",
+    "Output",
+    "auto_partitions",
+    "format_of",
+    "is_json_array",
+    "output_format",
+    "partition_totals",
+    "read_input",
+]
 
 Format = Literal["parquet", "csv", "jsonl"]
 
@@ -110,17 +125,76 @@ def read_input(
     if not found:
         raise FileNotFoundError(f"input {path!r} does not exist")
     fmt = format_of(path)
-    if fmt == "csv":
-        ddf = dd.read_csv(path, storage_options=options, compression=_compression(path),
-                          blocksize=None if _compression(path) else "64MB")  # fmt: skip
-    elif fmt == "jsonl":
-        ddf = dd.read_json(path, lines=True, orient="records", storage_options=options,
-                           compression=_compression(path), blocksize=None if _compression(path) else 2**26)  # fmt: skip
-    else:
-        ddf = dd.read_parquet(path, storage_options=options)
+    try:
+        ddf = _read(path, fmt, options, fs, found[0])
+    except (ValueError, pa.ArrowException, UnicodeDecodeError) as exc:
+        # dask words these as "An error occurred while calling the read_csv
+        # method registered to the pandas backend. Original Message: ...".
+        message = str(exc).partition("Original Message:")[2].strip() or str(exc)
+        hint = "" if _known_suffix(path) else " (the format follows the name: *.csv, *.jsonl or *.json, else Parquet)"
+        raise ValueError(f"cannot read input {path!r} as {_LABELS[fmt]}{hint}: {message}") from exc
     if partitions is not None and partitions != ddf.npartitions:
         ddf = ddf.repartition(npartitions=partitions)
     return ddf
+
+
+_LABELS: dict[Format, str] = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}
+
+
+def _read(path: str, fmt: Format, options: dict[str, Any], fs: Any, first: str) -> dd.DataFrame:
+    compression = _compression(path)
+    if fmt == "csv":
+        return dd.read_csv(path, storage_options=options, compression=compression,
+                           blocksize=None if compression else "64MB")  # fmt: skip
+    if fmt == "jsonl":
+        # A *.json file is as often one JSON array as JSON Lines: its first
+        # character tells (read line by line, an array is a frame of numbered columns).
+        lines = not _is_json_array(fs, first, compression)
+        return dd.read_json(path, lines=lines, orient="records", storage_options=options, compression=compression,
+                            blocksize=None if compression or not lines else 2**26)  # fmt: skip
+    return dd.read_parquet(path, storage_options=options)
+
+
+def _is_json_array(fs: Any, path: str, compression: str | None) -> bool:
+    with fs.open(path, "rb", compression=compression) as f:
+        head = f.read(4096)
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def is_json_array(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether JSON INPUT ``path`` (its first file, for a glob) is one JSON array."""
+    fs, root = _filesystem(path, dict(storage_options or {}), "input")
+    found = fs.glob(root) if any(c in root for c in "*?[") else [root]
+    return bool(found) and _is_json_array(fs, found[0], _compression(path))
+
+
+def _known_suffix(path: str) -> bool:
+    """Whether ``path`` names its format: a known suffix, ``*.parquet``, or
+    none at all (a folder)."""
+    name = path.rstrip("/").rpartition("/")[2].lower()
+    suffix = name.rpartition(".")[2] if "." in name.lstrip(".") else ""
+    # A suffix that is not a word (a date, a version) is part of a folder's name.
+    if not suffix or not suffix[0].isalpha() or format_of(name) != "parquet":
+        return True
+    return suffix in ("parquet", "parq", "pq")
+
+
+def output_format(path: str) -> Format:
+    """The format of OUTPUT ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` has a file suffix that names no format (``out.txt``), which
+        would otherwise become a Parquet folder of that name.
+    """
+    if not _known_suffix(path):
+        suffix = path.rstrip("/").rpartition(".")[2]
+        raise ValueError(
+            f"output {path!r}: no format is named .{suffix}; write a *.csv or *.jsonl file, "
+            "or a Parquet folder (*.parquet or a name without a suffix)"
+        )
+    return format_of(path)
 
 
 #: Calls of each thread per partition, at most, when the partitions are chosen.
@@ -173,7 +247,7 @@ class Output:
     storage_options: Mapping[str, Any]
 
     def __post_init__(self) -> None:
-        self.format: Format = format_of(self.path)
+        self.format: Format = output_format(self.path)
         self.single_file = self.format != "parquet"
         fs, root = _filesystem(self.path, self.storage_options, "output")
         self._fs = fs

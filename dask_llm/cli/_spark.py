@@ -38,11 +38,12 @@ def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     from .._cost._summary import RunSummary
     from .._engines._spark import driver_coordinator
     from .._run._progress import Tally, collect
-    from ._io import format_of
+    from ._io import format_of, is_json_array, output_format
     from ._progress_line import ProgressPrinter
     from ._run import _print_interrupted, _save_run_info, cost_function, print_summary, summarize_run
 
     err = sys.stderr
+    fmt_in, fmt_out = format_of(args.input), output_format(args.output)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers must run this interpreter
     try:
         from pyspark.sql import SparkSession
@@ -55,14 +56,13 @@ def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    fmt_in, fmt_out = format_of(args.input), format_of(args.output)
     if not Path(args.input.rstrip("/").split("*")[0] or ".").exists() and "://" not in args.input:
         raise FileNotFoundError(f"input {args.input!r} does not exist")
     reader = spark.read
     if fmt_in == "csv":
         sdf = reader.csv(args.input, header=True, inferSchema=True)
     elif fmt_in == "jsonl":
-        sdf = reader.json(args.input)
+        sdf = reader.json(args.input, multiLine=is_json_array(args.input))
     else:
         sdf = reader.parquet(args.input)
     total = sdf.count()
