@@ -272,6 +272,18 @@ def test_a_result_computed_again_under_a_fresh_coordinator_keeps_one_copy(fast_s
     assert sum(paid(fast_sim).values()) == 20
 
 
+def test_a_long_lived_coordinator_remembers_the_claims_of_recent_runs_only() -> None:
+    from dask_llm._coordination._state import CLAIMED_RUNS, CoordinatorState
+
+    state = CoordinatorState()
+    assert state.dataset_claim("run-0", "part-00000-a", keep=True)
+    assert not state.dataset_claim("run-0", "part-00000-a", keep=False), "the first claim wins"
+    for run in range(1, CLAIMED_RUNS + 1):
+        assert state.dataset_claim(f"run-{run}", "part-00000-a", keep=False), "each run claims for itself"
+    assert len(state.claims) == CLAIMED_RUNS and "run-0" not in state.claims
+    assert not state.dataset_claim(f"run-{CLAIMED_RUNS}", "part-00000-a", keep=True)
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -31,6 +31,10 @@ class _Budget:
     seen: set[str] = dataclasses.field(default_factory=set)  # every holder so far
 
 
+#: Runs whose claims on dataset files a coordinator remembers (the latest).
+CLAIMED_RUNS = 64
+
+
 class CoordinatorState:
     """Budgets and ledgers of every job that uses this coordinator."""
 
@@ -38,7 +42,7 @@ class CoordinatorState:
         self.budgets: dict[str, _Budget] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.partitions: dict[str, str] = {}  # content key -> the holder running it
-        self.claims: dict[tuple[str, str], bool] = {}  # (run epoch, dataset file) -> kept
+        self.claims: dict[str, dict[str, bool]] = {}  # run epoch -> dataset file -> kept
 
     # -- budgets -----------------------------------------------------------------
 
@@ -157,7 +161,15 @@ class CoordinatorState:
         """Whether the run ``epoch`` keeps (``keep``) or supersedes the
         dataset file ``name``, as its first claim said: a partition standing
         on a file and another deleting it never both go ahead."""
-        return self.claims.setdefault((epoch, name), keep) == keep
+        claims = self.claims.get(epoch)
+        if claims is None:
+            claims = self.claims[epoch] = {}
+            # A long-lived scheduler serves run after run: the oldest runs'
+            # claims go. An old result computed again then claims as under a
+            # new scheduler would (it writes under a name of its own).
+            while len(self.claims) > CLAIMED_RUNS:
+                del self.claims[next(iter(self.claims))]
+        return claims.setdefault(name, keep) == keep
 
     # -- spend caps ----------------------------------------------------------------
 
