@@ -75,6 +75,11 @@ class RowIds:
     def __len__(self) -> int:
         return len(self.hi)
 
+    def take(self, positions: np.ndarray) -> RowIds:
+        """The identities of the rows at ``positions``."""
+        return RowIds(hi=self.hi[positions], lo=self.lo[positions], content=self.content[positions],
+                      key=self.key[positions])  # fmt: skip
+
     @property
     def digest(self) -> str:
         """A hex digest of the whole sequence: the partition's content key."""

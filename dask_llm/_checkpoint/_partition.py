@@ -2,8 +2,10 @@
 
 Layout under the checkpoint URL::
 
-    part-00000-<key16>.parquet         the dataset: the partitions of the latest
-    part-00001-<key16>.parquet         run (input columns, index, output columns)
+    part-00000-<key16>.parquet         the dataset: the rows of the latest run
+    part-00001-<key16>.parquet         (input columns, index, output columns), in
+                                       files of its partitions or adopted from
+                                       earlier runs
     _dask_llm/manifest.json            the run: prompt, model, params, schema
     _dask_llm/rows/<part>.arrow        the ledger: rows paid for, by identity
     _dask_llm/journal/<key>/*.jsonl    the ledger: rows of partitions still running
@@ -25,14 +27,18 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
 3. otherwise it calls the missing rows (journaling them continuously), then
    commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
-   (its journal chunks are then deleted); the dataset
-   files of *other runs* that hold any of its rows (or the rows whose
-   answers it shares) are deleted, unless the run keeps them (their other
-   rows belong to other partitions of this run, which rewrite them or stand
-   on the file, and are in the ledger meanwhile); then its members file and
-   its dataset file are written, each atomically. The run's first claim on
-   a file, keep or supersede, wins, so a file is never deleted under a
-   partition that stands on it.
+   (its journal chunks are then deleted); a dataset file of *another run*
+   that holds only rows of this partition, restored as they were, is
+   *adopted* (kept as it is: a resume under fewer or other partitions
+   rewrites only the files its boundaries cut through); the other files of
+   other runs that hold any of its rows (or the rows whose answers it
+   shares) are deleted, unless the run keeps them (their other rows belong
+   to other partitions of this run, which rewrite them or stand on the
+   file, and are in the ledger meanwhile); then its members file and its
+   dataset file, of the rows no adopted file holds (none: no file), are
+   written, each atomically. The run's first claim on a file, keep or
+   supersede, wins, so a file is never deleted under a partition that
+   stands on it.
 
 So after any sequence of runs that completes, the dataset holds the latest
 run's rows exactly once (a run is one ``enrich()`` result; the latest is
@@ -284,18 +290,22 @@ class PartitionCheckpoint:
                 index.forget_chunk(chunk)
             store.remove_empty_dir(self.journal_dir)
             # 3. Files of other runs holding any of these rows (or rows
-            #    whose answers these share), unless a partition of this run
-            #    stands on the file: the run's first claim on a file wins, so
-            #    a file is never deleted under a partition that kept it. Its
-            #    own name is kept and overwritten; if another partition
-            #    superseded that name first, it writes under a name of its own.
+            #    whose answers these share). A file that lies wholly inside
+            #    this partition is *adopted*: kept as it is, its rows not
+            #    written again (a resume under fewer or other partitions
+            #    rewrites only the files it cuts through). The others are
+            #    superseded, unless a partition of this run stands on the
+            #    file: the run's first claim on a file wins, so a file is
+            #    never deleted under a partition that kept it. Its own name
+            #    is kept and overwritten; if another partition superseded
+            #    that name first, it writes under a name of its own.
             epoch = self.ckpt.epoch
             alternate = f"{self.name}-{epoch[-8:]}"
-            name = self.name if self._claims(self.name, keep=True) else alternate
             matched = self.found.matched
             held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
             holding, outside = index.files_holding(held, run=epoch)
-            superseded = set(holding)
+            adopted, inside = self._adopt(holding)
+            superseded = set(holding) - set(adopted)
             # Rows the dataset does not hold under their own identity may be
             # there under another key (a renumbered index: a reordered or
             # re-split CSV) or with another request (an edited row): files
@@ -305,14 +315,30 @@ class PartitionCheckpoint:
                 for kind in ("content", "key"):
                     values = np.unique(getattr(self.ids, kind)[outside])
                     superseded.update(index.files_with(kind, values, run=epoch))
+            rest = np.flatnonzero(~inside)
+            if not len(rest):
+                # Every row is in adopted files: this partition has no file of
+                # its own (one left by an earlier attempt would hold them twice).
+                superseded.add(self.name)
+                name = ""
+            else:
+                name = self.name if self._claims(self.name, keep=True) else alternate
             for old in sorted(superseded):
-                if old != name and self._claims(old, keep=False):
+                if old != name and index.members_of(old) is not None and self._claims(old, keep=False):
                     self._remove(old, run=epoch)
-            # 4. Members first: a dataset file never exists without one, so
-            #    it can always be superseded.
-            store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(self.ids, epoch))
-            index.register_members(name, self.ids, epoch)
-            store.write(f"{name}.parquet", _parquet(result))
+            if not name:
+                return
+            ids = self.ids if len(rest) == len(self.ids) else self.ids.take(rest)
+            mine = index.members_of(name)
+            # Unless nothing was called and the file already holds exactly
+            # these rows (a rerun of this layout):
+            same = not self.todo and mine is not None and len(mine) == len(ids) and np.array_equal(mine, ids.hi)
+            if not same:
+                # 4. Members first: a dataset file never exists without one,
+                #    so it can always be superseded.
+                store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(ids, epoch))
+                index.register_members(name, ids, epoch)
+                store.write(f"{name}.parquet", _parquet(result if len(rest) == len(self.ids) else result.iloc[rest]))
             if name == self.name and index.members_of(alternate) is not None:
                 # A copy of these rows this run wrote under its own name
                 # while the usual one was superseded (an earlier compute).
@@ -323,6 +349,31 @@ class PartitionCheckpoint:
             raise CheckpointError(
                 f"could not commit partition {self.number} to checkpoint {store.url}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _adopt(self, files: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Of ``files`` (other runs' dataset files holding rows of this
+        partition), those that hold only rows of this partition, none of them
+        twice, and that the run keeps (its first claim on them); and which
+        rows of the partition they hold."""
+        inside = np.zeros(len(self.ids), dtype=bool)
+        mine = pd.Index(self.ids.hi)
+        if not mine.is_unique:
+            return [], inside
+        adopted = []
+        for name in files:
+            members = self.index.members_of(name)
+            if name == self.name or members is None or len(members) > len(mine):
+                continue  # its own name: rewritten with the rows no adopted file holds
+            pos = mine.get_indexer(members)
+            # Only rows restored as they were: a row called again (a retried
+            # error) has a new answer, which the file does not hold.
+            if (pos < 0).any() or inside[pos].any() or not self.restored[pos].all():
+                continue
+            if not self._claims(name, keep=True):
+                continue
+            inside[pos] = True
+            adopted.append(name)
+        return adopted, inside
 
     def _remove(self, name: str, run: str = "") -> None:
         """Delete a dataset file, then its members file (never the other way
