@@ -396,6 +396,41 @@ def _batches(sim) -> list:
     return list(client.batches.list(limit=100))
 
 
+def test_sigterm_stops_like_ctrl_c_and_exits_143(start_sim, tmp_path):
+    # What `kill` or a batch system's time limit sends: finished rows kept,
+    # the resume command printed, and the exit status of a SIGTERM death.
+    sim = start_sim(latency=0.1)
+    tickets(200).to_csv(tmp_path / "in.csv", index=False)
+    ckpt = tmp_path / "ckpt"
+    argv = run_args(sim, tmp_path / "in.csv", tmp_path / "out.csv", "--checkpoint", str(ckpt),
+                    "--scheduler", "threads", "--partitions", "4", "--threads", "4")  # fmt: skip
+    proc = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env())  # fmt: skip
+    try:
+        seen = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                line = proc.stderr.readline()
+                seen += line
+                if not line or any(done >= 30 for done, _ in progress_lines(line)):
+                    break
+        assert progress_lines(seen), f"no progress within 90 s: {seen}"
+        proc.send_signal(signal.SIGTERM)
+        _stdout, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    stderr = seen + rest
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "resume with:" in stderr, stderr
+    status = dask_llm("status", str(ckpt))
+    saved = int(re.search(r"rows done: ([\d,]+) of 200", status.stdout).group(1).replace(",", ""))
+    assert 30 <= saved < 200, status.stdout
+
+
 def test_batch_ctrl_c_leaves_the_batches_and_the_printed_command_collects_them(start_sim, tmp_path):
     sim = start_sim(batch_turnaround=6.0)
     frame = tickets(240)

@@ -152,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with vocabulary("cli"):
             return int(args.handler(args))
     except KeyboardInterrupt:
+        from ._run import interrupted_status
+
         print(f"\ndask-llm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status()
     except Exception as caught:
         exc: BaseException = caught
         if not isinstance(exc, USAGE_ERRORS):

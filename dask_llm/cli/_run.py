@@ -46,8 +46,14 @@ __all__ = ["RUN_INFO", "parse_storage_options", "resume_command", "run"]
 #: Written into a checkpoint by ``dask-llm run``, read by ``dask-llm status``.
 RUN_INFO = "_dask_llm/cli-run.json"
 
-#: Exit status after Ctrl+C, as shells report a SIGINT death.
-INTERRUPTED = 130
+#: The signal that stopped the run (SIGINT unless ``kill`` sent SIGTERM).
+_stopped_by = signal.SIGINT
+
+
+def interrupted_status() -> int:
+    """Exit status of a stopped run, as shells report a death by its signal:
+    130 after Ctrl+C, 143 after SIGTERM."""
+    return 128 + int(_stopped_by)
 
 
 def parse_storage_options(items: Sequence[str]) -> dict[str, Any]:
@@ -320,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
                 _stop_everywhere(channel, sched)
                 output.abort()
                 _print_interrupted(args, tally.snapshot(), err)
-                return INTERRUPTED
+                return interrupted_status()
             except BaseException:
                 output.abort()
                 raise
@@ -351,6 +357,8 @@ def _stop_on_sigterm() -> None:
         return
 
     def interrupt(signum: int, frame: object) -> None:
+        global _stopped_by
+        _stopped_by = signal.SIGTERM
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -27,8 +27,6 @@ from ._io import auto_partitions
 
 __all__ = ["run_spark"]
 
-INTERRUPTED = 130
-
 
 def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     """Run the enrichment described by ``args`` on Spark; ``kwargs`` are ``enrich()``'s."""
@@ -40,7 +38,14 @@ def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     from .._run._progress import Tally, collect
     from ._io import format_of, is_json_array, output_format
     from ._progress_line import ProgressPrinter
-    from ._run import _print_interrupted, _save_run_info, cost_function, print_summary, summarize_run
+    from ._run import (
+        _print_interrupted,
+        _save_run_info,
+        cost_function,
+        interrupted_status,
+        print_summary,
+        summarize_run,
+    )
 
     err = sys.stderr
     fmt_in, fmt_out = format_of(args.input), output_format(args.output)
@@ -106,7 +111,7 @@ def run_spark(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
             _stop_spark(spark, channel.topic)
             shutil.rmtree(parts, ignore_errors=True)
             _print_interrupted(args, tally.snapshot(), err)
-            return INTERRUPTED
+            return interrupted_status()
         except BaseException:
             shutil.rmtree(parts, ignore_errors=True)
             raise
