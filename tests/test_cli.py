@@ -147,6 +147,9 @@ def test_a_reordered_input_resumes_free_and_status_counts_its_rows(start_sim, tm
         )
         assert proc.returncode == 0, proc.stderr
     assert sim.stats()["successes"] == 40, "the reordered runs call nothing"
+    # The totals count every row of the output; a line says what this run paid.
+    assert re.search(r"^calls: 40 ", proc.stdout, re.M), proc.stdout
+    assert "paid in this run: 0 calls, 0 in, 0 out tokens (" in proc.stdout, proc.stdout
     status = dask_llm("status", str(ckpt))
     assert "rows done: 40 of 40 (100%)" in status.stdout and "holds 80 row identities" in status.stdout, status.stdout
     assert "dataset: 40 rows in 3 files" in status.stdout, status.stdout

@@ -199,8 +199,18 @@ def print_summary(summary: RunSummary, progress: Snapshot, output: str, stream: 
         str(summary),
         f"rows called in this run: {called:,} ({rate:,.1f} rows/s)"
         + (f", {progress.restored:,} from the checkpoint" if progress.restored else ""),
-        f"output: {output}",
     ]
+    if progress.restored:
+        # The lines above count every row of the output; say what this run paid.
+        price = price_for(summary.model) if summary.model else None
+        cost = price.cost(progress.prompt_tokens, progress.completion_tokens) if price is not None else None
+        lines.append(
+            f"paid in this run: {progress.calls:,} calls, {progress.prompt_tokens:,} in, "
+            f"{progress.completion_tokens:,} out tokens"
+            + (f", ${cost:,.4f}" if cost is not None else "")
+            + " (the lines above also count the checkpoint's rows)"
+        )
+    lines.append(f"output: {output}")
     stream.write("\n".join(lines) + "\n")
     stream.flush()
 
