@@ -204,6 +204,24 @@ def test_edited_rows_replace_their_earlier_versions(fast_sim: Simulator, tmp_pat
     assert_reads_back_as(tmp_path, edited)
 
 
+@pytest.mark.parametrize("parts", [4, 2])
+def test_a_column_the_prompt_does_not_read_reads_back_as_it_is_now(
+    fast_sim: Simulator, tmp_path: Path, parts: int
+) -> None:
+    # A corrected id, a new status: nothing to call again, but the dataset
+    # must not keep the old value (same layout: the file's own partition;
+    # fewer partitions: a file held whole, which would otherwise be adopted).
+    df = frame(100)
+    run(dd.from_pandas(df, npartitions=4), fast_sim, tmp_path)
+    fixed = df.assign(n=df["n"] + 1000)
+    fixed.loc[30:, "n"] = df.loc[30:, "n"]  # the first file, and a few rows of the second
+    out = run(dd.from_pandas(fixed, npartitions=parts), fast_sim, tmp_path)
+    assert out is not None and out["n"].tolist() == fixed["n"].tolist()
+    assert sum(paid(fast_sim).values()) == 100, "nothing is called again"
+    back = dd.read_parquet(str(tmp_path)).compute().sort_index()
+    assert back["n"].tolist() == fixed["n"].tolist()
+
+
 def test_an_older_result_computed_again_is_the_latest_run(fast_sim: Simulator, tmp_path: Path) -> None:
     # A notebook cell computed again after a newer one: the dataset follows
     # the run computed last, whichever enrich() call made it.

@@ -33,6 +33,7 @@ present, making 2**53 + 1 equal 2**53 and 1 equal 1.0).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.util import hash_array
 
-__all__ = ["RowIds", "row_ids"]
+__all__ = ["RowIds", "row_ids", "with_row_hashes"]
 
 # Two independent SipHash keys (16 bytes each) for the two halves.
 _KEY_HI = "dask-llm-row-hi!"
@@ -65,12 +66,17 @@ class RowIds:
         send the same request share it.
     key : numpy.ndarray of uint64
         Hash of the key alone: a row whose request changed keeps it.
+    row : numpy.ndarray of uint64, optional
+        Hash of the whole row (its identity and every other column): a
+        dataset file holds a row as it is now only if this matches
+        (:func:`with_row_hashes`).
     """
 
     hi: np.ndarray
     lo: np.ndarray
     content: np.ndarray
     key: np.ndarray
+    row: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.hi)
@@ -78,7 +84,7 @@ class RowIds:
     def take(self, positions: np.ndarray) -> RowIds:
         """The identities of the rows at ``positions``."""
         return RowIds(hi=self.hi[positions], lo=self.lo[positions], content=self.content[positions],
-                      key=self.key[positions])  # fmt: skip
+                      key=self.key[positions], row=self.row[positions] if self.row is not None else None)  # fmt: skip
 
     @property
     def digest(self) -> str:
@@ -226,3 +232,14 @@ def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | No
             hi = hi.copy()
             hi[dup] = _combine([hi[dup], occurrence[dup]], int(dup.sum()))
     return RowIds(hi=np.ascontiguousarray(hi), lo=np.ascontiguousarray(lo), content=content, key=key_only)
+
+
+def with_row_hashes(ids: RowIds, frame: pd.DataFrame, skip: Sequence[str]) -> RowIds:
+    """``ids`` with the hash of each whole row: its identity and the columns
+    not in ``skip`` (those the identity already covers). A column the prompt
+    does not read may change between runs (a corrected id, a new status);
+    a dataset file that holds the old value must not stand for the row."""
+    others = [i for i, name in enumerate(frame.columns) if name not in set(skip)]
+    with np.errstate(over="ignore"):
+        hashes = [_hash_column(frame.iloc[:, i], (_KEY_HI,))[0] for i in others]
+        return dataclasses.replace(ids, row=_combine([ids.hi, *hashes], len(frame)))

@@ -152,20 +152,26 @@ def _read_arrow(data: bytes) -> pa.Table:
     return pa.ipc.open_file(pa.BufferReader(data)).read_all()
 
 
+#: The hashes a members file keeps of each row besides its identity (files
+#: written before a hash was kept lack it).
+_MEMBER_HASHES = ("content", "key", "row")
+
+
 def read_members(data: bytes) -> tuple[np.ndarray, str, dict[str, np.ndarray]]:
     """The row identities (``hi`` halves) a dataset file holds, the run
-    epoch that wrote it, and the rows' request content and key hashes (those
-    it has: files written before they were kept have neither)."""
+    epoch that wrote it, and the rows' request content, key and whole-row
+    hashes (those it has: older files lack the later ones)."""
     table = _read_arrow(data)
     epoch = (table.schema.metadata or {}).get(b"epoch", b"").decode()
-    hashes = {name: table.column(name).to_numpy() for name in ("content", "key") if name in table.column_names}
+    hashes = {name: table.column(name).to_numpy() for name in _MEMBER_HASHES if name in table.column_names}
     return table.column("hi").to_numpy(), epoch, hashes
 
 
 def members_to_arrow(ids: RowIds, epoch: str) -> bytes:
     """The members file of a dataset file: its rows' identities, request
-    content and key hashes, and the epoch."""
-    table = pa.table({name: pa.array(getattr(ids, name), pa.uint64()) for name in ("hi", "content", "key")})
+    content, key and whole-row hashes, and the epoch."""
+    names = ["hi", *(n for n in _MEMBER_HASHES if getattr(ids, n) is not None)]
+    table = pa.table({name: pa.array(getattr(ids, name), pa.uint64()) for name in names})
     return _to_arrow_file(table.replace_schema_metadata({"epoch": epoch}))
 
 
@@ -502,6 +508,8 @@ class LedgerIndex:
         with self._lock:
             self._members[name] = (ids.hi, epoch)
             self._member_hashes[name] = {"content": ids.content, "key": ids.key}
+            if ids.row is not None:
+                self._member_hashes[name]["row"] = ids.row
             self._add_members({name: (ids.hi, epoch)})
             self._visible.add(f"{name}.parquet")
 
@@ -610,6 +618,11 @@ class LedgerIndex:
         with self._lock:
             members, visible = self._members, self._visible
             return sorted(f for f in files if f in members and members[f][1] != run and f"{f}.parquet" in visible)
+
+    def member_rows(self, name: str) -> np.ndarray | None:
+        """The whole-row hashes of a dataset file's rows (``None``: not known)."""
+        with self._lock:
+            return self._member_hashes.get(name, {}).get("row")
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

@@ -20,7 +20,8 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
 1. computes its rows' identities and looks them up in this process's ledger
    index: rows found are restored, the others are called;
 2. **fast path**: if the dataset already holds exactly this partition (a
-   file with its number and content key, listing exactly its rows), every
+   file with its number and content key, listing exactly its rows, every
+   column as it is now), every
    row is found, no other run's file holds these rows too, and the run
    *keeps* that file (the run's first claim on it, through the coordinator:
    see step 3), nothing is called or written;
@@ -28,7 +29,8 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
    commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
    (its journal chunks are then deleted); a dataset file of *another run*
-   that holds only rows of this partition, restored as they were, is
+   that holds only rows of this partition, restored as they were and with
+   every column as it is now (the members' whole-row hashes), is
    *adopted* (kept as it is: a resume under fewer or other partitions
    rewrites only the files its boundaries cut through); the other files of
    other runs that hold any of its rows (or the rows whose answers it
@@ -72,7 +74,7 @@ import pyarrow.parquet as pq
 
 from .._core._store import Store, open_store
 from .._errors import CheckpointError
-from ._identity import RowIds, row_ids
+from ._identity import RowIds, row_ids, with_row_hashes
 from ._journal import JournalWriter
 from ._ledger import (
     INTERNAL_DIR,
@@ -170,7 +172,7 @@ class Checkpoint:
             one, every claim wins (one process, one partition at a time).
         """
         number = int((partition_info or {}).get("number") or 0)
-        ids = row_ids(frame, columns, key)
+        ids = with_row_hashes(row_ids(frame, columns, key), frame, [*columns, *(key or ())])
         return PartitionCheckpoint(self, _open(self), ids, number, share_content, claim)
 
 
@@ -222,6 +224,7 @@ class PartitionCheckpoint:
             and bool(self.found.found.all())
             and members is not None
             and len(members) == len(ids)
+            and self._holds_as_they_are(self.name, np.arange(len(ids)))
             # No other run's file holds these rows too (a copy left by an
             # earlier run's duplicate partitions would stay forever).
             and set(self.index.files_holding(ids.hi, run=ckpt.epoch)[0]) <= {self.name}
@@ -332,7 +335,13 @@ class PartitionCheckpoint:
             mine = index.members_of(name)
             # Unless nothing was called and the file already holds exactly
             # these rows (a rerun of this layout):
-            same = not self.todo and mine is not None and len(mine) == len(ids) and np.array_equal(mine, ids.hi)
+            same = (
+                not self.todo
+                and mine is not None
+                and len(mine) == len(ids)
+                and np.array_equal(mine, ids.hi)
+                and self._holds_as_they_are(name, rest)
+            )
             if not same:
                 # 4. Members first: a dataset file never exists without one,
                 #    so it can always be superseded.
@@ -369,11 +378,20 @@ class PartitionCheckpoint:
             # error) has a new answer, which the file does not hold.
             if (pos < 0).any() or inside[pos].any() or not self.restored[pos].all():
                 continue
+            if not self._holds_as_they_are(name, pos):
+                continue  # another column of these rows changed since
             if not self._claims(name, keep=True):
                 continue
             inside[pos] = True
             adopted.append(name)
         return adopted, inside
+
+    def _holds_as_they_are(self, name: str, positions: np.ndarray) -> bool:
+        """Whether dataset file ``name``, whose rows are this partition's
+        rows at ``positions`` (in its order), holds every column of them as
+        it is now (files written before whole-row hashes were kept: not known)."""
+        rows = self.index.member_rows(name)
+        return rows is not None and self.ids.row is not None and np.array_equal(rows, self.ids.row[positions])
 
     def _remove(self, name: str, run: str = "") -> None:
         """Delete a dataset file, then its members file (never the other way
