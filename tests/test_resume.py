@@ -305,6 +305,33 @@ def test_a_long_lived_coordinator_remembers_the_claims_of_recent_runs_only() -> 
     assert not state.dataset_claim(f"run-{CLAIMED_RUNS}", "part-00000-a", keep=True)
 
 
+def test_a_dataset_file_written_again_under_its_name_is_read_again(tmp_path: Path) -> None:
+    # Another worker process rewrites a partition's own file with other rows
+    # (the rows no adopted file holds): this process must not go on
+    # believing the file holds the rows it held when first read.
+    from dask_llm._checkpoint._ledger import MEMBERS_DIR, LedgerIndex, members_to_arrow
+    from dask_llm._core._store import open_store
+
+    store = open_store(str(tmp_path), {})
+    ids = row_ids(frame(6), ["text"])
+    name = "part-00000-0123456789abcdef"
+
+    def write(positions: list[int], epoch: str) -> None:
+        store.write(f"{MEMBERS_DIR}/{name}.arrow", members_to_arrow(ids.take(np.array(positions)), epoch))
+        store.write(f"{name}.parquet", b"")
+
+    write([0, 1, 2, 3], "1-a")
+    index = LedgerIndex(store)
+    index.refresh(run="3-c")
+    assert index.files_holding(ids.hi[:1], run="3-c")[0] == [name]
+    write([2, 3], "2-b")  # by another process
+    index.refresh()
+    members = index.members_of(name)
+    assert members is not None and members.tolist() == ids.hi[2:4].tolist()
+    assert index.files_holding(ids.hi[:2], run="3-c")[0] == [], "rows 0 and 1 are no longer in the file"
+    assert index.files_holding(ids.hi[2:3], run="3-c")[0] == [name]
+
+
 def test_exact_duplicate_partitions_are_each_kept(fast_sim: Simulator, tmp_path: Path) -> None:
     # Two identical partitions (same rows, same index) under the synchronous scheduler.
     part = dd.from_pandas(frame(50), npartitions=1)

@@ -380,7 +380,8 @@ class LedgerIndex:
         self._journals_listed = False
         self._chunk_ids: dict[str, np.ndarray] = {}  # journal chunk -> its identities
         self._members: dict[str, tuple[np.ndarray, str]] = {}  # dataset file -> (ids, epoch)
-        self._member_hashes: dict[str, dict[str, np.ndarray]] = {}  # dataset file -> content, key hashes
+        self._member_hashes: dict[str, dict[str, np.ndarray]] = {}  # dataset file -> content, key, row hashes
+        self._member_versions: dict[str, str] = {}  # members file -> the version read (Store.versions)
         self._run = ""  # the run of the last refresh
         # Identity -> file, in segments (one per batch of member files read or
         # written), each with the epochs of its files: a partition asks only
@@ -417,12 +418,15 @@ class LedgerIndex:
             chunks = [f"{journal}/{n}" for n in store.list(journal) if n.endswith(".jsonl")]
         else:
             chunks = []
-        members = [n for n in store.list(MEMBERS_DIR) if n.endswith(LEDGER_SUFFIX)]
+        members = {n: v for n, v in store.versions(MEMBERS_DIR).items() if n.endswith(LEDGER_SUFFIX)}
         visible = {n for n in store.list() if n.startswith("part-") and n.endswith(".parquet")}
         with self._lock:
             new_rows = [r for r in rows if r not in self._loaded]
             new_chunks = [c for c in chunks if c not in self._loaded]
-            new_members = [m for m in members if m.removesuffix(LEDGER_SUFFIX) not in self._members]
+            # A members file written again under its name (a partition that
+            # rewrote its own file with other rows, or in another run) is read
+            # again: the name alone does not say which rows the file holds.
+            new_members = [m for m, v in members.items() if self._member_versions.get(m) != v]
         data = store.read_many([*new_rows, *new_chunks, *(f"{MEMBERS_DIR}/{m}" for m in new_members)])
         tables, committed = [], []
         for rel in new_rows:
@@ -452,12 +456,27 @@ class LedgerIndex:
             self._chunk_ids.update(chunk_ids)
             if tables:
                 self._add(pa.concat_tables(tables), np.concatenate(committed))
+            self._member_versions.update({m: members[m] for m in new_members})
+            known = set(self._members)
             if member_data:
+                # (This process's own writes come back once here, unchanged.)
+                indexed = {n for seg in self._member_segments for n in seg.names}
+                rewritten = [
+                    n for n, (hi, epoch, _) in member_data.items()
+                    if (n in known and (self._members[n][1] != epoch or not np.array_equal(self._members[n][0], hi)))
+                    or (n not in known and n in indexed)  # forgotten, then written again
+                ]  # fmt: skip
                 for name, (hi, epoch, hashes) in member_data.items():
                     self._members[name] = (hi, epoch)
                     # Files written before members kept hashes: the ledger has the contents.
                     self._member_hashes[name] = hashes if "content" in hashes else {"content": self._content_of(hi)}
-                self._add_members({name: (hi, epoch) for name, (hi, epoch, _) in member_data.items()})
+                if rewritten:
+                    # Their earlier rows are in the segments: index them anew.
+                    self._member_segments = [_Segment(dict(self._members))]
+                else:
+                    fresh = {n: (hi, epoch) for n, (hi, epoch, _) in member_data.items() if n not in known}
+                    if fresh:
+                        self._add_members(fresh)
             self._visible = visible
 
     def _add(self, table: pa.Table, committed: np.ndarray) -> None:

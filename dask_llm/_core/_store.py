@@ -174,6 +174,24 @@ class Store:
         names = (str(e).rstrip("/").rpartition("/")[2] for e in entries)
         return sorted(n for n in names if n and not n.startswith("."))
 
+    def versions(self, rel: str = "") -> dict[str, str]:
+        """The files of a directory (as :meth:`list`), each with a token that
+        changes when the file is written again under its name (inode, mtime,
+        ETag, size: whatever the backend reports)."""
+        where = self.path(rel)
+        self.fs.invalidate_cache(where)
+        try:
+            entries = self.fs.ls(where, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for entry in entries:
+            name = str(entry.get("name", "")).rstrip("/").rpartition("/")[2]
+            if name and not name.startswith("."):
+                token = [entry.get(k) for k in ("size", "ino", "mtime", "ETag", "LastModified", "created")]
+                out[name] = repr(token)
+        return dict(sorted(out.items()))
+
     def find(self, rel: str) -> builtins.list[str]:
         """Every file under a directory, recursively, as paths relative to
         it, without dot-prefixed temporary files; empty when it does not exist."""
