@@ -74,6 +74,21 @@ def progress_lines(stderr: str) -> list[tuple[int, int]]:
     ]
 
 
+def wait_for_progress(proc: subprocess.Popen[str], rows: int, timeout: float = 90) -> str:
+    """The stderr a running command printed until its progress reached ``rows``."""
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if ready:
+            line = proc.stderr.readline()
+            seen += line
+            if not line or any(done >= rows for done, _ in progress_lines(line)):
+                break
+    assert progress_lines(seen), f"no progress within {timeout} s: {seen}"
+    return seen
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -326,16 +341,7 @@ def test_ctrl_c_keeps_finished_rows_and_the_printed_command_resumes(start_sim, t
     proc = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env(), start_new_session=True)  # fmt: skip
     try:
-        seen = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-            if ready:
-                line = proc.stderr.readline()
-                seen += line
-                if not line or any(done >= 60 for done, _ in progress_lines(line)):
-                    break
-        assert progress_lines(seen), f"no progress within 90 s: {seen}"
+        seen = wait_for_progress(proc, 60)
         os.killpg(proc.pid, signal.SIGINT)
         _stdout, rest = proc.communicate(timeout=60)
     finally:
@@ -410,16 +416,7 @@ def test_sigterm_stops_like_ctrl_c_and_exits_143(start_sim, tmp_path):
     proc = subprocess.Popen([*dask_llm_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env())  # fmt: skip
     try:
-        seen = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-            if ready:
-                line = proc.stderr.readline()
-                seen += line
-                if not line or any(done >= 30 for done, _ in progress_lines(line)):
-                    break
-        assert progress_lines(seen), f"no progress within 90 s: {seen}"
+        seen = wait_for_progress(proc, 30)
         proc.send_signal(signal.SIGTERM)
         _stdout, rest = proc.communicate(timeout=60)
     finally:
