@@ -215,16 +215,13 @@ class PartitionCheckpoint:
         self.restored = usable
         #: Positions of the rows to call.
         self.todo: list[int] = np.flatnonzero(~usable).tolist()
-        members = self.index.members_of(self.name)
         #: The dataset already holds exactly this partition, every row
         #: restored, and the run keeps that file (no partition of it
         #: supersedes the file: see :meth:`commit`).
         self.complete = (
             not self.todo
             and bool(self.found.found.all())
-            and members is not None
-            and len(members) == len(ids)
-            and self._holds_as_they_are(self.name, np.arange(len(ids)))
+            and self._holds_exactly(self.name, np.arange(len(ids)))
             # No other run's file holds these rows too (a copy left by an
             # earlier run's duplicate partitions would stay forever).
             and set(self.index.files_holding(ids.hi, run=ckpt.epoch)[0]) <= {self.name}
@@ -331,23 +328,16 @@ class PartitionCheckpoint:
                     self._remove(old, run=epoch)
             if not name:
                 return
-            ids = self.ids if len(rest) == len(self.ids) else self.ids.take(rest)
-            mine = index.members_of(name)
             # Unless nothing was called and the file already holds exactly
             # these rows (a rerun of this layout):
-            same = (
-                not self.todo
-                and mine is not None
-                and len(mine) == len(ids)
-                and np.array_equal(mine, ids.hi)
-                and self._holds_as_they_are(name, rest)
-            )
-            if not same:
+            if self.todo or not self._holds_exactly(name, rest):
+                whole = len(rest) == len(self.ids)
+                ids = self.ids if whole else self.ids.take(rest)
                 # 4. Members first: a dataset file never exists without one,
                 #    so it can always be superseded.
                 store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(ids, epoch))
                 index.register_members(name, ids, epoch)
-                store.write(f"{name}.parquet", _parquet(result if len(rest) == len(self.ids) else result.iloc[rest]))
+                store.write(f"{name}.parquet", _parquet(result if whole else result.iloc[rest]))
             if name == self.name and index.members_of(alternate) is not None:
                 # A copy of these rows this run wrote under its own name
                 # while the usual one was superseded (an earlier compute).
@@ -392,6 +382,16 @@ class PartitionCheckpoint:
         it is now (files written before whole-row hashes were kept: not known)."""
         rows = self.index.member_rows(name)
         return rows is not None and self.ids.row is not None and np.array_equal(rows, self.ids.row[positions])
+
+    def _holds_exactly(self, name: str, positions: np.ndarray) -> bool:
+        """Whether visible dataset file ``name`` holds exactly this
+        partition's rows at ``positions``, in that order, as they are now."""
+        members = self.index.members_of(name)
+        return (
+            members is not None
+            and np.array_equal(members, self.ids.hi[positions])
+            and self._holds_as_they_are(name, positions)
+        )
 
     def _remove(self, name: str, run: str = "") -> None:
         """Delete a dataset file, then its members file (never the other way

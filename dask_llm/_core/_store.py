@@ -164,33 +164,32 @@ class Store:
     def list(self, rel: str = "") -> list[str]:
         """Names in a directory, sorted, without dot-prefixed temporary files;
         empty when the directory does not exist."""
-        where = self.path(rel)
-        # s3fs caches listings per process; another process may have written since.
-        self.fs.invalidate_cache(where)
-        try:
-            entries = self.fs.ls(where, detail=False)
-        except FileNotFoundError:
-            return []
-        names = (str(e).rstrip("/").rpartition("/")[2] for e in entries)
-        return sorted(n for n in names if n and not n.startswith("."))
+        return sorted(self._ls(rel, detail=False))
 
     def versions(self, rel: str = "") -> dict[str, str]:
         """The files of a directory (as :meth:`list`), each with a token that
         changes when the file is written again under its name (inode, mtime,
         ETag, size: whatever the backend reports)."""
+        entries = self._ls(rel, detail=True)
+        keys = ("size", "ino", "mtime", "ETag", "LastModified", "created")
+        return {name: repr([entries[name].get(k) for k in keys]) for name in sorted(entries)}
+
+    def _ls(self, rel: str, detail: bool) -> dict[str, Any]:
+        """A directory's entries by name (fsspec's detail dicts, or their
+        paths), without dot-prefixed temporary files."""
         where = self.path(rel)
+        # s3fs caches listings per process; another process may have written since.
         self.fs.invalidate_cache(where)
         try:
-            entries = self.fs.ls(where, detail=True)
+            entries = self.fs.ls(where, detail=detail)
         except FileNotFoundError:
             return {}
         out = {}
         for entry in entries:
-            name = str(entry.get("name", "")).rstrip("/").rpartition("/")[2]
+            name = str(entry["name"] if detail else entry).rstrip("/").rpartition("/")[2]
             if name and not name.startswith("."):
-                token = [entry.get(k) for k in ("size", "ino", "mtime", "ETag", "LastModified", "created")]
-                out[name] = repr(token)
-        return dict(sorted(out.items()))
+                out[name] = entry
+        return out
 
     def find(self, rel: str) -> builtins.list[str]:
         """Every file under a directory, recursively, as paths relative to
