@@ -121,7 +121,7 @@ def read_input(
     fs, root = _filesystem(path, options, "input")
     # Checked here because each reader words a missing file differently, and
     # some only notice at compute time.
-    found = fs.glob(root) if any(c in root for c in "*?[") else ([root] if fs.exists(root) else [])
+    found = _matches(fs, root)
     if not found:
         raise FileNotFoundError(f"input {path!r} does not exist")
     fmt = format_of(path)
@@ -164,8 +164,13 @@ def _is_json_array(fs: Any, path: str, compression: str | None) -> bool:
 def is_json_array(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether JSON INPUT ``path`` (its first file, for a glob) is one JSON array."""
     fs, root = _filesystem(path, dict(storage_options or {}), "input")
-    found = fs.glob(root) if any(c in root for c in "*?[") else [root]
+    found = _matches(fs, root)
     return bool(found) and _is_json_array(fs, found[0], _compression(path))
+
+
+def _matches(fs: Any, root: str) -> list[str]:
+    """The files INPUT names: a glob's matches, or the path if it exists."""
+    return list(fs.glob(root)) if any(c in root for c in "*?[") else ([root] if fs.exists(root) else [])
 
 
 def _known_suffix(path: str) -> bool:

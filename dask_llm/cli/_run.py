@@ -202,8 +202,8 @@ def print_summary(summary: RunSummary, progress: Snapshot, output: str, stream: 
     ]
     if progress.restored:
         # The lines above count every row of the output; say what this run paid.
-        price = price_for(summary.model) if summary.model else None
-        cost = price.cost(progress.prompt_tokens, progress.completion_tokens) if price is not None else None
+        cost_of = cost_function(summary.model) if summary.model else None
+        cost = cost_of(progress.prompt_tokens, progress.completion_tokens) if cost_of is not None else None
         lines.append(
             f"paid in this run: {progress.calls:,} calls, {progress.prompt_tokens:,} in, "
             f"{progress.completion_tokens:,} out tokens"
