@@ -440,6 +440,7 @@ def _with_checkpoint(
         spec,
         retry_errors=bool(retry_errors),
         overwrite=bool(overwrite),
-        npartitions=getattr(df, "npartitions", 1),
+        # Spark hands over batches, not numbered partitions: never "all done".
+        npartitions=0 if engine_for(df) == "spark" else getattr(df, "npartitions", 1),
     )
     return dataclasses.replace(job, checkpoint=opened, key=keys)

@@ -138,6 +138,7 @@ def test_a_fully_answered_checkpoint_is_free_under_any_later_partitioning(fast_s
     df = frame(200)
     run(dd.from_pandas(df, npartitions=8), fast_sim, tmp_path)
     assert sum(paid(fast_sim).values()) == 200
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")}
     for ddf in (
         dd.from_pandas(df, npartitions=5),
         dd.from_pandas(df, npartitions=3),
@@ -149,11 +150,8 @@ def test_a_fully_answered_checkpoint_is_free_under_any_later_partitioning(fast_s
         assert out is not None and len(out) == 200
         assert sum(paid(fast_sim).values()) == 200, "nothing is called again"
         assert_reads_back_as(tmp_path, df)
-    # A partition that holds earlier files whole adopts them: nothing is rewritten.
-    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")}
-    run(dd.from_pandas(df.sample(frac=1, random_state=2), npartitions=1), fast_sim, tmp_path)
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")} == files
-    assert_reads_back_as(tmp_path, df)
+        # The partitions stand on the earlier files, wherever their boundaries cut.
+        assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")} == files, "nothing written"
 
 
 def test_appended_rows_are_the_only_rows_called(fast_sim: Simulator, tmp_path: Path) -> None:
@@ -164,17 +162,22 @@ def test_appended_rows_are_the_only_rows_called(fast_sim: Simulator, tmp_path: P
     assert_reads_back_as(tmp_path, grown)
 
 
-def test_a_smaller_input_never_duplicates_rows(fast_sim: Simulator, tmp_path: Path) -> None:
+def test_rows_that_left_the_input_leave_the_dataset_when_the_run_completes(fast_sim: Simulator, tmp_path: Path) -> None:
     run(dd.from_pandas(frame(100), npartitions=4), fast_sim, tmp_path)
     head = frame(100).iloc[:30]
-    run(dd.from_pandas(head, npartitions=2), fast_sim, tmp_path)
+    with dask.config.set(scheduler="sync"):
+        out = dask_llm.enrich(dd.from_pandas(head, npartitions=2), PROMPT, "ans", "m",
+                              endpoint=endpoint_for(fast_sim), checkpoint=str(tmp_path))  # fmt: skip
+        out.partitions[0].compute()
+        # A part of the run: the earlier files it does not stand on stay.
+        assert dd.read_parquet(str(tmp_path)).compute().index.is_unique
+        assert len(pq.read_table(tmp_path)) == 100
+        out.compute()
     assert sum(paid(fast_sim).values()) == 100
-    back = dd.read_parquet(str(tmp_path)).compute()
-    assert back.index.is_unique and set(head["n"]) <= set(back["n"])
-    # Documented limit: files whose rows all left the input are not deleted
-    # (no partition of the new run holds any of their rows); rows that shared
-    # a file with rows of the new run are.
-    assert set(back["n"]) == set(range(30)) | set(range(50, 100))
+    # The whole run: the files whose rows all left go, and the rows that
+    # left a file the run stands on partly are taken out of it.
+    assert_reads_back_as(tmp_path, head)
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 2
 
 
 def test_new_rows_sharing_answers_never_take_a_kept_file_away(fast_sim: Simulator, tmp_path: Path) -> None:
@@ -293,16 +296,32 @@ def test_a_result_computed_again_under_a_fresh_coordinator_keeps_one_copy(fast_s
     assert sum(paid(fast_sim).values()) == 20
 
 
-def test_a_long_lived_coordinator_remembers_the_claims_of_recent_runs_only() -> None:
+def test_the_claims_of_a_run_on_earlier_files() -> None:
+    from dask_llm._checkpoint import DatasetClaims
     from dask_llm._coordination._state import CLAIMED_RUNS, CoordinatorState
 
     state = CoordinatorState()
-    assert state.dataset_claim("run-0", "part-00000-a", keep=True)
-    assert not state.dataset_claim("run-0", "part-00000-a", keep=False), "the first claim wins"
+    claims = DatasetClaims("run-0", lambda op, **fields: getattr(state, op)(**fields))
+    # A row is stood on by one partition (an exact duplicate elsewhere
+    # writes its own copy); the same partition again (a restarted task) keeps it.
+    assert claims.keep("f", "0", 6, np.array([0, 1, 2])).tolist() == [True] * 3
+    assert claims.keep("f", "1", 6, np.array([2, 3])).tolist() == [False, True]
+    assert claims.keep("f", "0", 6, np.array([0, 1, 2])).all()
+    # Closed: the rows stood on so far move to the new file, for the same partitions.
+    assert claims.close("f", "2", 6, into="g").tolist() == [0, 1, 2, 3]
+    assert claims.close("f", "2", 6, into="g").tolist() == [0, 1, 2, 3], "again to its closer"
+    assert claims.close("f", "3", 6, into="h") is None, "another partition writes it"
+    assert not claims.keep("f", "1", 6, np.array([4])).any(), "nothing more is kept of a closed file"
+    assert claims.keep("f", "1", 6, np.array([3, 4])).tolist() == [True, False], "what it kept, it keeps (in g)"
+    assert claims.keep("g", "1", 4, np.array([3])).all() and not claims.keep("g", "0", 4, np.array([3])).any()
+    assert claims.close("g", "9", 4, into="i", unless_kept=True) is None, "every row kept: nothing to finish"
+    # The partition that completes the run finishes it, again if it asks again.
+    assert [claims.done(k, 3) for k in (2, 0, 0)] == [False, False, False]
+    assert claims.done(1, 3) and claims.done(1, 3) and not claims.done(2, 3)
+    # A long-lived scheduler forgets the oldest runs.
     for run in range(1, CLAIMED_RUNS + 1):
-        assert state.dataset_claim(f"run-{run}", "part-00000-a", keep=False), "each run claims for itself"
+        assert DatasetClaims(f"run-{run}", lambda op, **f: getattr(state, op)(**f)).keep("f", "0", 6).all()
     assert len(state.claims) == CLAIMED_RUNS and "run-0" not in state.claims
-    assert not state.dataset_claim(f"run-{CLAIMED_RUNS}", "part-00000-a", keep=True)
 
 
 def test_a_dataset_file_written_again_under_its_name_is_read_again(tmp_path: Path) -> None:

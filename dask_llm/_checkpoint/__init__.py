@@ -8,6 +8,8 @@ this list, plus :mod:`dask_llm._errors`):
 - ``_ledger``: records of paid rows and this process's index of them;
 - ``_journal``: the continuous journal of a running partition;
 - ``_manifest``: which run a checkpoint holds, claimed atomically;
+- ``_claims``: the run's claims on earlier runs' dataset files, which its
+  coordinator answers (default: this process's);
 - ``_partition``: one partition's resume and commit, and ``open_checkpoint``.
 
 Nothing here knows about dask, the runner or the model: the runner hands a
@@ -15,6 +17,7 @@ partition's frame in and gets back what to call, then hands the outcomes back.
 """
 
 from .._core._store import Store, open_store
+from ._claims import DatasetClaims
 from ._ledger import FIELDS, INTERNAL_DIR
 from ._manifest import FORMAT, MANIFEST, RunSpec
 from ._partition import Checkpoint, PartitionCheckpoint, open_checkpoint
@@ -25,6 +28,7 @@ __all__ = [
     "INTERNAL_DIR",
     "MANIFEST",
     "Checkpoint",
+    "DatasetClaims",
     "PartitionCheckpoint",
     "RunSpec",
     "Store",

@@ -113,9 +113,13 @@ def records_table(ids: RowIds, positions: np.ndarray, fields: pd.DataFrame) -> p
     return pa.Table.from_arrays(arrays, schema=_ARROW)
 
 
-def _to_arrow_file(table: pa.Table) -> bytes:
+#: Members files hold hashes, which do not compress: read without decoding.
+_IPC_PLAIN = pa.ipc.IpcWriteOptions(compression=None)
+
+
+def _to_arrow_file(table: pa.Table, options: pa.ipc.IpcWriteOptions = _IPC_OPTIONS) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
+    with pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 
@@ -172,7 +176,7 @@ def members_to_arrow(ids: RowIds, epoch: str) -> bytes:
     content, key and whole-row hashes, and the epoch."""
     names = ["hi", *(n for n in _MEMBER_HASHES if getattr(ids, n) is not None)]
     table = pa.table({name: pa.array(getattr(ids, name), pa.uint64()) for name in names})
-    return _to_arrow_file(table.replace_schema_metadata({"epoch": epoch}))
+    return _to_arrow_file(table.replace_schema_metadata({"epoch": epoch}), _IPC_PLAIN)
 
 
 #: pandas dtypes of the stored fields as a partition sees them (all nullable,
@@ -326,9 +330,9 @@ class _Segment:
     def __len__(self) -> int:
         return len(self.index)
 
-    def locate(self, hi: np.ndarray, known: Mapping[str, object]) -> tuple[list[str], np.ndarray]:
-        """The files holding any of ``hi``, and which of ``hi`` a file of
-        ``known`` holds."""
+    def locate(self, hi: np.ndarray, known: Mapping[str, object]) -> tuple[dict[str, int], np.ndarray]:
+        """The files holding any of ``hi``, with how many of them each holds
+        (-1: not counted), and which of ``hi`` a file of ``known`` holds."""
         live = np.array([n in known for n in self.names], dtype=bool)
         if self.index.is_unique:
             pos = self.index.get_indexer(hi)
@@ -336,10 +340,11 @@ class _Segment:
             owners = self.owner[pos[hit]]
             held = np.zeros(len(hi), dtype=bool)
             held[hit] = live[owners]
-            return [self.names[i] for i in np.unique(owners)], held
+            which, counts = np.unique(owners, return_counts=True)
+            return {self.names[i]: int(c) for i, c in zip(which, counts, strict=True)}, held
         # A row in two files (exact duplicates of one run): every position.
         pos, _ = self.index.get_indexer_non_unique(hi)
-        names = [self.names[i] for i in np.unique(self.owner[pos[pos >= 0]])]
+        names = {self.names[i]: -1 for i in np.unique(self.owner[pos[pos >= 0]])}
         return names, np.isin(hi, self.index.to_numpy()[live[self.owner]])
 
     def with_hash(self, kind: str, values: np.ndarray, hashes: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
@@ -604,14 +609,21 @@ class LedgerIndex:
         the identities ``hi`` (sorted), and which of ``hi`` no such
         file held when this run first looked (files it superseded since
         still count: their rows are being rewritten, not lost)."""
+        counts, outside = self.holding(hi, run)
+        return sorted(counts), outside
+
+    def holding(self, hi: np.ndarray, run: str) -> tuple[dict[str, int], np.ndarray]:
+        """:meth:`files_holding`, with how many of ``hi`` each file holds
+        (-1: not counted)."""
         segments, members, _ = self._other_runs(run)
-        files: set[str] = set()
+        files: dict[str, int] = {}
         inside = np.zeros(len(hi), dtype=bool)
         for seg in segments:
             names, held = seg.locate(hi, members)
-            files.update(names)
+            for name, count in names.items():
+                files[name] = -1 if name in files or count < 0 else count
             inside |= held
-        return self._visible_of(files, run), ~inside
+        return {name: files[name] for name in self._visible_of(set(files), run)}, ~inside
 
     def files_with(self, kind: str, values: np.ndarray, run: str) -> list[str]:
         """Visible dataset files of runs other than ``run`` that hold
@@ -642,6 +654,23 @@ class LedgerIndex:
         """The whole-row hashes of a dataset file's rows (``None``: not known)."""
         with self._lock:
             return self._member_hashes.get(name, {}).get("row")
+
+    def member_hashes(self, name: str) -> tuple[str, dict[str, np.ndarray]] | None:
+        """The epoch that wrote a visible dataset file, and its rows' hashes
+        (``None``: no such file)."""
+        with self._lock:
+            entry = self._members.get(name)
+            if entry is None or f"{name}.parquet" not in self._visible:
+                return None
+            return entry[1], dict(self._member_hashes.get(name, {}))
+
+    def files_of_other_runs(self, run: str) -> dict[str, int]:
+        """The visible dataset files of runs other than ``run``, with their row counts."""
+        with self._lock:
+            return {
+                name: len(ids) for name, (ids, epoch) in sorted(self._members.items())
+                if epoch != run and f"{name}.parquet" in self._visible
+            }  # fmt: skip
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

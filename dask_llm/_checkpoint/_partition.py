@@ -2,10 +2,10 @@
 
 Layout under the checkpoint URL::
 
-    part-00000-<key16>.parquet         the dataset: the rows of the latest run
+    part-00000-<key16>-<run>.parquet   the dataset: the rows of the latest run
     part-00001-<key16>.parquet         (input columns, index, output columns), in
-                                       files of its partitions or adopted from
-                                       earlier runs
+                                       files of its partitions, and of earlier
+                                       runs' that it stands on
     _dask_llm/manifest.json            the run: prompt, model, params, schema
     _dask_llm/rows/<part>.arrow        the ledger: rows paid for, by identity
     _dask_llm/journal/<key>/*.jsonl    the ledger: rows of partitions still running
@@ -18,47 +18,48 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
 (:mod:`._ledger`); the dataset is a property of a run. A partition:
 
 1. computes its rows' identities and looks them up in this process's ledger
-   index: rows found are restored, the others are called;
-2. **fast path**: if the dataset already holds exactly this partition (a
-   file with its number and content key, listing exactly its rows, every
-   column as it is now), every
-   row is found, no other run's file holds these rows too, and the run
-   *keeps* that file (the run's first claim on it, through the coordinator:
-   see step 3), nothing is called or written;
-3. otherwise it calls the missing rows (journaling them continuously), then
-   commits: the records of rows no committed ledger file holds yet, or
+   index: rows found are restored, the others are called (journaling them
+   continuously);
+2. *stands on* the rows that earlier runs' dataset files hold as they
+   are (restored as answered, every column as it is now: the members'
+   whole-row hashes), through the run's claims (:mod:`._claims`): a row is
+   stood on by one partition of the run, so exact duplicates in two
+   partitions are each kept. A file holding a stale row of the partition
+   (another value now, an error retried) or an earlier version of one of
+   its rows (the same request under another key, the same key with
+   another request) is *closed*: the rows other partitions stand on so far
+   move to a file of their own (written first), then it is deleted, and
+   partitions that come later write their rows of it themselves;
+3. commits: the records of rows no committed ledger file holds yet, or
    holds only as an error this run retried, go to ``rows/<part>.arrow``
-   (its journal chunks are then deleted); a dataset file of *another run*
-   that holds only rows of this partition, restored as they were and with
-   every column as it is now (the members' whole-row hashes), is
-   *adopted* (kept as it is: a resume under fewer or other partitions
-   rewrites only the files its boundaries cut through); the other files of
-   other runs that hold any of its rows (or the rows whose answers it
-   shares) are deleted, unless the run keeps them (their other rows belong
-   to other partitions of this run, which rewrite them or stand on the
-   file, and are in the ledger meanwhile); then its members file and its
-   dataset file, of the rows no adopted file holds (none: no file), are
-   written, each atomically. The run's first claim on a file, keep or
-   supersede, wins, so a file is never deleted under a partition that
-   stands on it.
+   (its journal chunks are then deleted); then its members file and its
+   dataset file, of the rows it does not stand on (none: no file), are
+   written, each atomically, under a name with the run's epoch (no other
+   run writes or deletes it);
+4. tells the run it committed (:meth:`PartitionCheckpoint.finish`): the
+   partition that completes the run's set closes every earlier file its
+   partitions do not stand on wholly (rows that left the input, second
+   copies).
 
-So after any sequence of runs that completes, the dataset holds the latest
-run's rows exactly once (a run is one ``enrich()`` result; the latest is
-the one computed last, even if an older result is computed again; rows of
-other runs' files are superseded, never
-duplicated), and during a run it holds no row twice: a file is deleted
-before the rows it held are written again. Files of the same run never
-supersede each other, so two partitions that happen to hold identical rows
-keep both. A crash leaves the ledger whole; the next run finishes the
-dataset without calling anything again.
+A resume of unchanged rows under any partitioning writes nothing, and
+after a run completes the dataset holds its rows exactly once (the run is
+one ``enrich()`` result; the latest is the one computed last, even if an
+older result is computed again). During a run no row is written twice
+except while a closed file's kept rows are in both files (a crash there
+leaves the second copy to the next run's completion). A crash leaves the
+ledger whole; the next run finishes the dataset without calling anything
+again.
 
 Repeated tasks (lost worker, recomputation, speculation) are idempotent:
 they find their rows in the ledger (their earlier attempt's journal is
-read back by identity), and a second commit writes the same file names.
+read back by identity), the run's claims answer them as before, and a
+second commit writes the same file names.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import time
@@ -74,6 +75,7 @@ import pyarrow.parquet as pq
 
 from .._core._store import Store, open_store
 from .._errors import CheckpointError
+from ._claims import DatasetClaims
 from ._identity import RowIds, row_ids, with_row_hashes
 from ._journal import JournalWriter
 from ._ledger import (
@@ -94,9 +96,6 @@ from ._manifest import RunSpec, claim
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
 logger = logging.getLogger("dask_llm.checkpoint")
-
-#: ``claim(name, keep)``: see :meth:`Checkpoint.partition`.
-Claim = Callable[[str, bool], bool]
 
 
 def new_epoch() -> str:
@@ -122,12 +121,16 @@ class Checkpoint:
     manifest_id : str
         Id of the manifest claimed by ``enrich()``.
     epoch : str
-        This run's epoch (:func:`new_epoch`): dataset files of other epochs
-        that hold a partition's rows are superseded by it.
+        This run's epoch (:func:`new_epoch`): the files of other epochs are
+        earlier runs' files, which its partitions stand on or take away.
     retry_errors : bool
         Call again the rows whose stored outcome is an error.
     width : int
         Digits of the partition number in file names.
+    partitions : int
+        The run's partitions (numbered from 0): the one that completes the
+        set finishes the run's dataset (:meth:`PartitionCheckpoint.finish`);
+        0: not known (Spark's batches), the dataset is never finished.
     """
 
     url: str
@@ -137,6 +140,7 @@ class Checkpoint:
     epoch: str = ""
     retry_errors: bool = False
     width: int = 5
+    partitions: int = 0
 
     def store(self) -> Store:
         """The checkpoint's storage, opened in this process."""
@@ -150,7 +154,8 @@ class Checkpoint:
         key: Sequence[str] | None = None,
         share_content: bool = True,
         partition_info: Mapping[str, Any] | None = None,
-        claim: Claim | None = None,
+        claims: DatasetClaims | None = None,
+        part: str | None = None,
     ) -> PartitionCheckpoint:
         """The checkpoint of one partition, about to be enriched.
 
@@ -165,15 +170,16 @@ class Checkpoint:
         share_content : bool
             A row not found by identity may take the stored answer of another
             row with the same request (the job's ``dedup``).
-        claim : callable, optional
-            ``claim(name, keep)``: the run's first claim on a dataset file
-            (keep it, or supersede it) wins; ``True`` when this one is it.
-            The job's coordinator answers it (``dataset_claim``); without
-            one, every claim wins (one process, one partition at a time).
+        claims : DatasetClaims, optional
+            The run's claims on earlier runs' files, through the job's
+            coordinator; default: this process's (one process runs the job).
+        part : str, optional
+            The partition's label among the claims (default: its number;
+            Spark's batches of one partition each have one).
         """
         number = int((partition_info or {}).get("number") or 0)
         ids = with_row_hashes(row_ids(frame, columns, key), frame, [*columns, *(key or ())])
-        return PartitionCheckpoint(self, _open(self), ids, number, share_content, claim)
+        return PartitionCheckpoint(self, _open(self), ids, number, share_content, claims, part)
 
 
 def _open(ckpt: Checkpoint) -> Store:
@@ -187,23 +193,26 @@ class PartitionCheckpoint:
     """What is saved of one partition, and how to save the rest.
 
     Use: :attr:`complete` (nothing to do) or :attr:`todo` -> call them under
-    :meth:`journal` -> :meth:`commit` the result.
+    :meth:`journal` -> :meth:`commit` the result; then :meth:`finish`.
     """
 
     def __init__(
         self, ckpt: Checkpoint, store: Store, ids: RowIds, number: int, share_content: bool,
-        claim: Claim | None = None,
+        claims: DatasetClaims | None = None, part: str | None = None,
     ) -> None:  # fmt: skip
         self.ckpt = ckpt
-        self._claim = claim
+        self._claims = claims if claims is not None else DatasetClaims(ckpt.epoch)
         self.store = store
         self.ids = ids
         self.number = number
+        self.part = part if part is not None else str(number)
         self.key = ids.digest
-        self.name = f"part-{number:0{ckpt.width}d}-{self.key[:16]}"
+        # The run's epoch in the name: no other run ever writes or deletes it.
+        self.name = f"part-{number:0{ckpt.width}d}-{self.key[:16]}-{ckpt.epoch[-8:]}"
         self.journal_dir = f"{JOURNAL_DIR}/{self.key[:32]}"
         self.index: LedgerIndex = index_for(store, ckpt.manifest_id)
         self._writer: JournalWriter | None = None
+        self._inside: np.ndarray | None = None
         try:
             self.index.refresh(self.journal_dir, run=ckpt.epoch)
             self.found: Found = self.index.lookup(ids, share_content=share_content)
@@ -215,21 +224,18 @@ class PartitionCheckpoint:
         self.restored = usable
         #: Positions of the rows to call.
         self.todo: list[int] = np.flatnonzero(~usable).tolist()
-        #: The dataset already holds exactly this partition, every row
-        #: restored, and the run keeps that file (no partition of it
-        #: supersedes the file: see :meth:`commit`).
-        self.complete = (
-            not self.todo
-            and bool(self.found.found.all())
-            and self._holds_exactly(self.name, np.arange(len(ids)))
-            # No other run's file holds these rows too (a copy left by an
-            # earlier run's duplicate partitions would stay forever).
-            and set(self.index.files_holding(ids.hi, run=ckpt.epoch)[0]) <= {self.name}
-            and self._claims(self.name, keep=True)
-        )
 
-    def _claims(self, name: str, *, keep: bool) -> bool:
-        return self._claim is None or bool(self._claim(name, keep))
+    @functools.cached_property
+    def complete(self) -> bool:
+        """Nothing to call or write: every row has a committed record, and
+        earlier runs' files hold every row as it is now, which this
+        partition stands on (a rerun of any layout of unchanged rows)."""
+        try:
+            return not self.todo and bool(self.found.committed.all()) and bool(self._plan().all())
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"could not read checkpoint {self.store.url}: {type(exc).__name__}: {exc}") from exc
 
     @property
     def records(self) -> pd.DataFrame:
@@ -252,7 +258,7 @@ class PartitionCheckpoint:
         return self._writer
 
     def commit(self, result: pd.DataFrame, fields: pd.DataFrame) -> None:
-        """Record the rows, supersede earlier files, and write the dataset file.
+        """Record the rows, take stale files away, and write the dataset file.
 
         Parameters
         ----------
@@ -289,59 +295,20 @@ class PartitionCheckpoint:
             for chunk in covered:
                 index.forget_chunk(chunk)
             store.remove_empty_dir(self.journal_dir)
-            # 3. Files of other runs holding any of these rows (or rows
-            #    whose answers these share). A file that lies wholly inside
-            #    this partition is *adopted*: kept as it is, its rows not
-            #    written again (a resume under fewer or other partitions
-            #    rewrites only the files it cuts through). The others are
-            #    superseded, unless a partition of this run stands on the
-            #    file: the run's first claim on a file wins, so a file is
-            #    never deleted under a partition that kept it. Its own name
-            #    is kept and overwritten; if another partition superseded
-            #    that name first, it writes under a name of its own.
-            epoch = self.ckpt.epoch
-            alternate = f"{self.name}-{epoch[-8:]}"
-            matched = self.found.matched
-            held = np.concatenate([self.ids.hi, matched[(matched != 0) & (matched != self.ids.hi)]])
-            holding, outside = index.files_holding(held, run=epoch)
-            adopted, inside = self._adopt(holding)
-            superseded = set(holding) - set(adopted)
-            # Rows the dataset does not hold under their own identity may be
-            # there under another key (a renumbered index: a reordered or
-            # re-split CSV) or with another request (an edited row): files
-            # with rows of the same request, or of the same key, stand for them.
-            outside = outside[: len(self.ids)]
-            if outside.any():
-                for kind in ("content", "key"):
-                    values = np.unique(getattr(self.ids, kind)[outside])
-                    superseded.update(index.files_with(kind, values, run=epoch))
-            rest = np.flatnonzero(~inside)
-            if not len(rest):
-                # Every row is in adopted files: this partition has no file of
-                # its own (one left by an earlier attempt would hold them twice).
-                superseded.add(self.name)
-                name = ""
-            else:
-                name = self.name if self._claims(self.name, keep=True) else alternate
-            for old in sorted(superseded):
-                if old != name and index.members_of(old) is not None and self._claims(old, keep=False):
-                    self._remove(old, run=epoch)
-            if not name:
-                return
-            # Unless nothing was called and the file already holds exactly
-            # these rows (a rerun of this layout):
-            if self.todo or not self._holds_exactly(name, rest):
+            # 3. Earlier runs' files: stand on the rows they hold as they are,
+            #    take away those that hold stale rows (see _plan).
+            rest = np.flatnonzero(~self._plan())
+            # 4. The rows no earlier file holds: this run's file. Members
+            #    first: a dataset file never exists without one, so it can
+            #    always be taken away.
+            if len(rest):
                 whole = len(rest) == len(self.ids)
                 ids = self.ids if whole else self.ids.take(rest)
-                # 4. Members first: a dataset file never exists without one,
-                #    so it can always be superseded.
-                store.write(f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}", members_to_arrow(ids, epoch))
-                index.register_members(name, ids, epoch)
-                store.write(f"{name}.parquet", _parquet(result if whole else result.iloc[rest]))
-            if name == self.name and index.members_of(alternate) is not None:
-                # A copy of these rows this run wrote under its own name
-                # while the usual one was superseded (an earlier compute).
-                self._remove(alternate)
+                store.write(f"{MEMBERS_DIR}/{self.name}{LEDGER_SUFFIX}", members_to_arrow(ids, self.ckpt.epoch))
+                index.register_members(self.name, ids, self.ckpt.epoch)
+                store.write(f"{self.name}.parquet", _parquet(result if whole else result.iloc[rest]))
+            elif index.members_of(self.name) is not None:
+                self._remove(self.name)  # an earlier attempt's, of rows earlier files hold
         except CheckpointError:
             raise
         except Exception as exc:
@@ -349,56 +316,137 @@ class PartitionCheckpoint:
                 f"could not commit partition {self.number} to checkpoint {store.url}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _adopt(self, files: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """Of ``files`` (other runs' dataset files holding rows of this
-        partition), those that hold only rows of this partition, none of them
-        twice, and that the run keeps (its first claim on them); and which
-        rows of the partition they hold."""
-        inside = np.zeros(len(self.ids), dtype=bool)
-        mine = pd.Index(self.ids.hi)
-        if not mine.is_unique:
-            return [], inside
-        adopted = []
-        for name in files:
-            members = self.index.members_of(name)
-            if name == self.name or members is None or len(members) > len(mine):
-                continue  # its own name: rewritten with the rows no adopted file holds
-            pos = mine.get_indexer(members)
-            # Only rows restored as they were: a row called again (a retried
-            # error) has a new answer, which the file does not hold.
-            if (pos < 0).any() or inside[pos].any() or not self.restored[pos].all():
-                continue
-            if not self._holds_as_they_are(name, pos):
-                continue  # another column of these rows changed since
-            if not self._claims(name, keep=True):
-                continue
-            inside[pos] = True
-            adopted.append(name)
-        return adopted, inside
+    def finish(self) -> None:
+        """Tell the run this partition is committed; the partition that
+        completes the run then closes every earlier run's file that its
+        partitions do not stand on wholly (rows that left the input, copies
+        of rows written again), keeping the rows they stand on."""
+        total = self.ckpt.partitions
+        if total <= 0 or not self._claims.done(self.number, total):
+            return
+        try:
+            self.index.refresh(run=self.ckpt.epoch)
+            for name, size in self.index.files_of_other_runs(self.ckpt.epoch).items():
+                self._close(name, size, unless_kept=True)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"could not finish the run in checkpoint {self.store.url}: {type(exc).__name__}: {exc}"
+            ) from exc
 
-    def _holds_as_they_are(self, name: str, positions: np.ndarray) -> bool:
-        """Whether dataset file ``name``, whose rows are this partition's
-        rows at ``positions`` (in its order), holds every column of them as
-        it is now (files written before whole-row hashes were kept: not known)."""
-        rows = self.index.member_rows(name)
-        return rows is not None and self.ids.row is not None and np.array_equal(rows, self.ids.row[positions])
+    def _plan(self) -> np.ndarray:
+        """Which rows earlier runs' files hold as they are and this partition
+        stands on (it writes the others). A file holding a stale row of this
+        partition (another value now, or an error retried), or an earlier
+        version of one of its rows, is closed first: it goes, and the rows
+        other partitions stand on move to a file of their own. Decided once."""
+        if self._inside is not None:
+            return self._inside
+        index, ids, epoch = self.index, self.ids, self.ckpt.epoch
+        n = len(ids)
+        matched = self.found.matched
+        shared = matched[(matched != 0) & (matched != ids.hi)]
+        counts, outside = index.holding(np.concatenate([ids.hi, shared]), run=epoch)
+        holding = sorted(counts)
+        inside = np.zeros(n, dtype=bool)
+        stale: set[str] = set()
+        # Rows no earlier file holds under their identity may be there under
+        # another key (a renumbered index: a reordered or re-split CSV) or
+        # with another request (an edited row): files with rows of the same
+        # request, or of the same key, hold their earlier versions.
+        outside = outside[:n]
+        if outside.any():
+            for kind in ("content", "key"):
+                stale.update(index.files_with(kind, np.unique(getattr(ids, kind)[outside]), run=epoch))
+        mine = functools.cache(lambda: pd.Index(ids.hi))  # (unique: occurrences tell repeats apart)
+        others = pd.Index(shared) if len(shared) else None
+        for name in holding:
+            members = index.members_of(name)
+            if members is None:
+                continue  # closed meanwhile
+            at, rows = _overlap(members, ids.hi, counts[name] if not len(shared) else -1, mine)
+            current = self.restored[rows] & self._as_they_are(name, at, rows)
+            if name in stale or not current.all() or (others is not None and (others.get_indexer(members) >= 0).any()):
+                stale.add(name)  # this partition writes its rows of it
+                continue
+            ok = ~inside[rows]  # (a row two files hold: one copy)
+            if ok.any():
+                whole = len(at) == len(members) and bool(ok.all())
+                kept = self._claims.keep(name, self.part, len(members), None if whole else at[ok])
+                inside[rows[ok][kept]] = True
+        for name in sorted(stale):
+            members = index.members_of(name)
+            if members is not None:
+                self._close(name, len(members))
+        self._inside = inside
+        return inside
 
-    def _holds_exactly(self, name: str, positions: np.ndarray) -> bool:
-        """Whether visible dataset file ``name`` holds exactly this
-        partition's rows at ``positions``, in that order, as they are now."""
-        members = self.index.members_of(name)
-        return (
-            members is not None
-            and np.array_equal(members, self.ids.hi[positions])
-            and self._holds_as_they_are(name, positions)
-        )
+    def _as_they_are(self, name: str, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether dataset file ``name`` holds each of this partition's
+        ``rows`` (at positions ``at`` of the file) with every column as it is
+        now (files written before whole-row hashes were kept: not known)."""
+        hashes = self.index.member_rows(name)
+        if hashes is None or self.ids.row is None:
+            return np.zeros(len(rows), dtype=bool)
+        return hashes[at] == self.ids.row[rows]
+
+    def _close(self, name: str, size: int, *, unless_kept: bool = False) -> None:
+        """Take an earlier run's file away, keeping the rows the run's
+        partitions stand on in a file of their own (same epoch: still an
+        earlier run's file), written before the file goes: a partition
+        computed again finds its rows in one or the other (a crash between
+        the two leaves both, and the next run that completes takes the copy
+        no partition stands on away)."""
+        number = name.split("-")[1]
+        digest = hashlib.sha256(f"{name} {self.ckpt.epoch}".encode()).hexdigest()[:16]
+        into = f"part-{number}-{digest}"
+        kept = self._claims.close(name, self.part, size, into, unless_kept=unless_kept)
+        if kept is None:
+            return  # another partition closes it, or nothing to close
+        members, about = self.index.members_of(name), self.index.member_hashes(name)
+        if members is None or about is None:
+            return  # already closed (by an earlier attempt of this task)
+        if len(kept):
+            data = self.store.read(f"{name}.parquet")
+            if data is None:
+                return  # an earlier attempt of this task closed it: its rows are in ``into``
+            table = pq.read_table(pa.BufferReader(data))
+            epoch, hashes = about
+            ids = RowIds(hi=members[kept], lo=members[kept], content=hashes["content"][kept],
+                         key=hashes["key"][kept], row=hashes["row"][kept])  # fmt: skip
+            self.store.write(f"{MEMBERS_DIR}/{into}{LEDGER_SUFFIX}", members_to_arrow(ids, epoch))
+            self.index.register_members(into, ids, epoch)
+            self.store.write(f"{into}.parquet", _table_parquet(table.take(pa.array(kept))))
+        self._remove(name)
 
     def _remove(self, name: str, run: str = "") -> None:
         """Delete a dataset file, then its members file (never the other way
-        round: a dataset file without members could not be superseded)."""
+        round: a dataset file without members could not be taken away)."""
         self.store.remove_files([f"{name}.parquet"])
         self.store.remove_files([f"{MEMBERS_DIR}/{name}{LEDGER_SUFFIX}"])
         self.index.forget_members(name, run=run)
+
+
+def _overlap(
+    members: np.ndarray, hi: np.ndarray, count: int, mine: Callable[[], pd.Index]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a file's rows (``members``) are rows of the partition (``hi``,
+    indexed by ``mine()``), of which it holds ``count`` (-1: not known): the
+    positions in the file and in the partition. A file and a partition of
+    an input in the same order overlap in one run of rows, found without a
+    hash table (the resume of any layout of an unshuffled input)."""
+    if count > 0:
+        for long, short, flip in ((members, hi, False), (hi, members, True)):
+            start = np.flatnonzero(long == short[0])
+            if len(start) == 1:
+                k = min(len(long) - int(start[0]), len(short))
+                if k == count and np.array_equal(long[start[0] : start[0] + k], short[:k]):
+                    run, head = np.arange(start[0], start[0] + k), np.arange(k)
+                    return (head, run) if flip else (run, head)
+    pos = mine().get_indexer(members)
+    at = np.flatnonzero(pos >= 0)
+    return at, pos[at]
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
@@ -411,6 +459,10 @@ def _parquet(frame: pd.DataFrame) -> bytes:
         # prompt already failed; its copy in the checkpoint gets U+FFFD.
         logger.warning("checkpoint: replacing text that is not valid UTF-8 in the dataset file")
         table = pa.Table.from_pandas(_valid_text(frame), preserve_index=True)
+    return _table_parquet(table)
+
+
+def _table_parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return bytes(sink.getvalue().to_pybytes())
@@ -471,4 +523,5 @@ def open_checkpoint(
         epoch=new_epoch(),
         retry_errors=retry_errors,
         width=max(5, len(str(max(npartitions - 1, 0)))),
+        partitions=max(npartitions, 0),
     )

@@ -112,8 +112,8 @@ class CoordinatorPlugin(SchedulerPlugin):
             return state.partition_lease(holder, **fields)
         if op == "partition_release":
             return state.partition_release(holder, **fields)
-        if op == "dataset_claim":
-            return state.dataset_claim(**fields)
+        if op in ("dataset_keep", "dataset_close", "dataset_done"):
+            return getattr(state, op)(**fields)
         raise ValueError(f"unknown dask-llm request {op!r}")
 
     # -- scheduler events ----------------------------------------------------

@@ -24,10 +24,14 @@ Requests (``call(op, **fields)``, answered):
 ``partition_lease``    ``key`` (a partition's content key): ``True`` when this
                        holder may run it, ``False`` while another holder does
 ``partition_release``  ``key``: done with it
-``dataset_claim``      ``epoch``, ``name`` (a dataset file), ``keep``: the run keeps
-                       the file (a partition stands on it) or supersedes it (a
-                       partition deletes it); the first claim per run and file
-                       wins -> ``True`` when this claim is the winning one
+``dataset_keep``       ``epoch``, ``name`` (an earlier run's dataset file), ``part``,
+                       ``size``, ``positions`` (int32 bytes, or all): the partition
+                       stands on those rows of the file -> which it keeps (bytes)
+``dataset_close``      ``epoch``, ``name``, ``part``, ``size``, ``into``: the partition
+                       takes the file away, keeping its kept rows in ``into`` ->
+                       their positions (int32 bytes), ``None`` if another closes it
+``dataset_done``       ``epoch``, ``part``, ``total``: the partition committed ->
+                       ``True`` for the one that completes the run (it finishes it)
 =====================  ===========================================================
 
 Pushes (coordinator to holder, ``subscribe(PUSH_GRANT, handler)``): a
@@ -55,7 +59,9 @@ OPS = (
     "spend_stats",
     "partition_lease",
     "partition_release",
-    "dataset_claim",
+    "dataset_keep",
+    "dataset_close",
+    "dataset_done",
 )
 #: The event topic on which a driver asks every process to stop a run.
 STOP_TOPIC = "dask-llm-stop"

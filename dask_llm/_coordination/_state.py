@@ -13,6 +13,8 @@ import collections
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from .._budget._alloc import Allocator, Grant
 from .._cost._spend import Ledger
 from .._errors import ConfigError
@@ -31,6 +33,31 @@ class _Budget:
     seen: set[str] = dataclasses.field(default_factory=set)  # every holder so far
 
 
+@dataclasses.dataclass
+class _FileClaims:
+    """A run's claims on one earlier run's dataset file."""
+
+    kept: np.ndarray  # int32 per row: the partition that stands on it (see parts), -1: none
+    closed: tuple[int, bytes] | None = None  # the closer, and the positions it rewrites
+
+
+@dataclasses.dataclass
+class _RunClaims:
+    files: dict[str, _FileClaims] = dataclasses.field(default_factory=dict)
+    parts: dict[str, int] = dataclasses.field(default_factory=dict)  # partition label -> its number here
+    done: set[int] = dataclasses.field(default_factory=set)  # partition numbers committed
+    finisher: int | None = None
+
+    def part(self, label: str) -> int:
+        return self.parts.setdefault(label, len(self.parts))
+
+    def file(self, name: str, size: int) -> _FileClaims:
+        file = self.files.get(name)
+        if file is None or len(file.kept) != size:
+            file = self.files[name] = _FileClaims(np.full(size, -1, dtype=np.int32))
+        return file
+
+
 #: Runs whose claims on dataset files a coordinator remembers (the latest).
 CLAIMED_RUNS = 64
 
@@ -42,7 +69,7 @@ class CoordinatorState:
         self.budgets: dict[str, _Budget] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.partitions: dict[str, str] = {}  # content key -> the holder running it
-        self.claims: dict[str, dict[str, bool]] = {}  # run epoch -> dataset file -> kept
+        self.claims: dict[str, _RunClaims] = {}  # run epoch -> its claims on dataset files
 
     # -- budgets -----------------------------------------------------------------
 
@@ -157,19 +184,72 @@ class CoordinatorState:
         if self.partitions.get(key) == holder:
             del self.partitions[key]
 
-    def dataset_claim(self, epoch: str, name: str, keep: bool) -> bool:
-        """Whether the run ``epoch`` keeps (``keep``) or supersedes the
-        dataset file ``name``, as its first claim said: a partition standing
-        on a file and another deleting it never both go ahead."""
+    # -- dataset files ---------------------------------------------------------------
+
+    def _run_claims(self, epoch: str) -> _RunClaims:
         claims = self.claims.get(epoch)
         if claims is None:
-            claims = self.claims[epoch] = {}
+            claims = self.claims[epoch] = _RunClaims()
             # A long-lived scheduler serves run after run: the oldest runs'
             # claims go. An old result computed again then claims as under a
-            # new scheduler would (it writes under a name of its own).
+            # new scheduler would.
             while len(self.claims) > CLAIMED_RUNS:
                 del self.claims[next(iter(self.claims))]
-        return claims.setdefault(name, keep) == keep
+        return claims
+
+    def dataset_keep(self, epoch: str, name: str, part: str, size: int, positions: bytes | None = None) -> bytes:
+        """Partition ``part`` of run ``epoch`` stands on the rows at
+        ``positions`` (int32; ``None``: all ``size`` rows) of an earlier run's
+        dataset file ``name``: it will not write them itself. A row is kept
+        for one partition only (an exact duplicate in another partition
+        writes its own copy), and once the file is closed only those it kept
+        before (they moved to the closer's file). Answers which of the
+        positions it keeps (one byte each, 0 or 1)."""
+        run = self._run_claims(epoch)
+        file, who = run.file(name, size), run.part(part)
+        at = np.arange(size, dtype=np.int32) if positions is None else np.frombuffer(positions, dtype=np.int32)
+        if file.closed is not None:
+            # Rows it stood on before the file closed live on in the closer's
+            # new file (a partition computed again: they are still its own).
+            return (file.kept[at] == who).astype(np.uint8).tobytes()
+        ok = (file.kept[at] == -1) | (file.kept[at] == who)
+        file.kept[at[ok]] = who
+        return ok.astype(np.uint8).tobytes()
+
+    def dataset_close(
+        self, epoch: str, name: str, part: str, size: int, into: str, unless_kept: bool = False
+    ) -> bytes | None:
+        """Partition ``part`` of run ``epoch`` takes the earlier run's file
+        ``name`` away (it holds a stale row): no row of it is kept from now on, and
+        the closer writes the rows kept so far into the file ``into``, where
+        they stay kept for the same partitions. Answers those rows' positions
+        (int32), again to the same closer (a restarted task); ``None`` when
+        another partition closed it (it does the writing), or, with
+        ``unless_kept``, when every row is kept (nothing to close)."""
+        run = self._run_claims(epoch)
+        file, who = run.file(name, size), run.part(part)
+        if file.closed is not None:
+            return file.closed[1] if file.closed[0] == who else None
+        kept = np.flatnonzero(file.kept >= 0).astype(np.int32)
+        if unless_kept and len(kept) == size:
+            return None
+        file.closed = (who, kept.tobytes())
+        if len(kept):
+            run.file(into, len(kept)).kept[:] = file.kept[kept]
+        return file.closed[1]
+
+    def dataset_done(self, epoch: str, number: int, total: int) -> bool:
+        """Partition ``number`` of the ``total`` of run ``epoch`` has committed;
+        ``True`` for the partition that completes the set (again, if it asks
+        again): it finishes the run's dataset (:meth:`dataset_close` of the
+        earlier runs' files no partition stands on wholly)."""
+        run = self._run_claims(epoch)
+        run.done.add(number)
+        if total <= 0 or len(run.done) < total or not set(range(total)) <= run.done:
+            return False
+        if run.finisher is None:
+            run.finisher = number
+        return run.finisher == number
 
     # -- spend caps ----------------------------------------------------------------
 

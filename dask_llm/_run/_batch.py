@@ -92,9 +92,9 @@ def _plan_rows(
     from ._runner import claims_of
 
     if job.checkpoint is not None:
-        claim = claims_of(coordinator, job.checkpoint.epoch) if coordinator is not None else None
+        claims = claims_of(coordinator, job.checkpoint.epoch) if coordinator is not None else None
         saved = job.checkpoint.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                                         partition_info={"number": number}, claim=claim)  # fmt: skip
+                                         partition_info={"number": number}, claims=claims)  # fmt: skip
         return saved, saved.ids, saved.todo
     return None, row_ids(frame, job.prompt.columns, job.key), list(range(len(frame)))
 
@@ -240,6 +240,7 @@ def collect_rows(
     result = _result(frame, job.outputs, fields)
     if saved is not None:
         saved.commit(result, fields)
+        saved.finish()
     return result
 
 

@@ -34,7 +34,7 @@ from .._budget._limiter import Limiter
 from .._budget._process import limiter_for
 from .._calls._breaker import breaker_for
 from .._calls._client import Failure, Kind, classify, complete
-from .._checkpoint import FIELDS, PartitionCheckpoint
+from .._checkpoint import FIELDS, DatasetClaims, PartitionCheckpoint
 from .._coordination import Coordinator
 from .._coordination import current as current_coordinator
 from .._coordination._client import connect
@@ -118,29 +118,25 @@ def enrich_batch(
         ckpt = job.checkpoint
         if ckpt is None:
             return _enrich(frame, job, coordinator, None, limiter, label, handle)
-        claim = claims_of(coordinator, ckpt.epoch)
+        claims = claims_of(coordinator, ckpt.epoch)
         saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                               partition_info={"number": number}, claim=claim)  # fmt: skip
+                               partition_info={"number": number}, claims=claims, part=label)  # fmt: skip
         if not saved.todo:
             return _enrich(frame, job, coordinator, saved, limiter, label, handle)
         if _wait_for_lease(coordinator, saved.key, handle):
             # Another copy of these rows (a speculative task, a second action)
             # ran meanwhile: what it paid for is in the ledger now.
             saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                                   partition_info={"number": number}, claim=claim)  # fmt: skip
+                                   partition_info={"number": number}, claims=claims, part=label)  # fmt: skip
         try:
             return _enrich(frame, job, coordinator, saved, limiter, label, handle)
         finally:
             coordinator.call("partition_release", key=saved.key)
 
 
-def claims_of(coordinator: Coordinator, epoch: str) -> Callable[[str, bool], bool]:
-    """The run's claims on dataset files, answered by its coordinator."""
-
-    def claim(name: str, keep: bool) -> bool:
-        return bool(coordinator.call("dataset_claim", epoch=epoch, name=name, keep=keep))
-
-    return claim
+def claims_of(coordinator: Coordinator, epoch: str) -> DatasetClaims:
+    """The run's claims on earlier runs' dataset files, answered by its coordinator."""
+    return DatasetClaims(epoch, coordinator.call)
 
 
 #: Seconds between two asks for a partition another copy is running.
@@ -175,7 +171,9 @@ def _enrich(
                                 resumed=(resumed, resumed_errors))  # fmt: skip
     if saved is not None and saved.complete:
         with report:
-            return _result(frame, job.outputs, saved.records)
+            result = _result(frame, job.outputs, saved.records)
+        saved.finish()
+        return result
 
     # Prompts only for the rows to call: a resume renders nothing else. A row
     # whose prompt cannot be rendered gets that as its error, without a call.
@@ -227,6 +225,7 @@ def _enrich(
     # finished rows are journaled), so that a later run calls the rest.
     if saved is not None and not any(o.not_called for o in outcomes.values()):
         saved.commit(result, fields)
+        saved.finish()
     return result
 
 
