@@ -154,6 +154,27 @@ def test_a_fully_answered_checkpoint_is_free_under_any_later_partitioning(fast_s
         assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")} == files, "nothing written"
 
 
+def test_a_resume_under_another_layout_returns_what_the_first_run_returned(fast_sim: Simulator, tmp_path: Path) -> None:
+    # Columns of every kind, a NaN (never equal to itself) and missing values
+    # among them: the rows that earlier files hold as they are come back from
+    # those files, the others through their identities, alike.
+    df = frame(90).assign(
+        x=[float("nan") if i == 40 else i / 3 for i in range(90)],
+        note=pd.array([None if i % 7 == 0 else f"note {i}" for i in range(90)], dtype="string"),
+        kind=pd.Categorical([("a", "b", "c")[i % 3] for i in range(90)]),
+        count=pd.array([None if i % 5 == 0 else i for i in range(90)], dtype="Int64"),
+    )
+    first = run(dd.from_pandas(df, npartitions=8), fast_sim, tmp_path)
+    assert first is not None
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")}
+    for parts in (3, 5, 1):
+        again = run(dd.from_pandas(df, npartitions=parts), fast_sim, tmp_path)
+        pd.testing.assert_frame_equal(again, first)
+        assert sum(paid(fast_sim).values()) == 90, "nothing is called again"
+        assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("part-*.parquet")} == files
+    assert_reads_back_as(tmp_path, df)
+
+
 def test_appended_rows_are_the_only_rows_called(fast_sim: Simulator, tmp_path: Path) -> None:
     run(dd.from_pandas(frame(100), npartitions=4), fast_sim, tmp_path)
     grown = pd.concat([frame(100), frame(40, start=100)])

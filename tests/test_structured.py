@@ -227,6 +227,9 @@ def test_structured_columns_come_back_from_a_checkpoint(start_sim, tmp_path):
     again = dask_llm.enrich(ddf, "Triage: {title}", **kwargs).compute(scheduler="threads")
     assert sim.stats()["requests"] == 30  # the second run called nothing
     pd.testing.assert_frame_equal(again, first)
+    other = dask_llm.enrich(ddf.repartition(npartitions=3), "Triage: {title}", **kwargs).compute(scheduler="threads")
+    assert sim.stats()["requests"] == 30  # nor does another layout
+    pd.testing.assert_frame_equal(other, first)
 
 
 def test_output_config_errors(sim):

@@ -225,7 +225,7 @@ def row_ids(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] | No
         key_only = _combine([*tag, *(h for h, _ in key_hashes)], n)
         lo = _combine([*(lo_ for _, lo_ in both), *tag, *(lo_ for _, lo_ in key_hashes)], n)
         # Exact duplicates inside the partition: the k-th repeat gets k mixed in.
-        if pd.Index(hi).has_duplicates:
+        if pd.Index(hi, copy=False).has_duplicates:
             pairs = pd.DataFrame({"hi": hi, "lo": lo})
             dup = pairs.duplicated(keep="first").to_numpy()
             occurrence = pairs.groupby(["hi", "lo"], sort=False).cumcount().to_numpy(np.uint64)

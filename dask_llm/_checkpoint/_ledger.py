@@ -43,6 +43,7 @@ from ._identity import RowIds
 
 __all__ = [
     "FIELDS",
+    "FIELD_SCHEMA",
     "INTERNAL_DIR",
     "JOURNAL_DIR",
     "LEDGER_SUFFIX",
@@ -99,6 +100,10 @@ _ARROW = pa.schema(
         pa.field("finished_at", pa.float64()),
     ]
 )
+
+
+#: The Arrow type of each stored field.
+FIELD_SCHEMA = pa.schema([_ARROW.field(name) for name in FIELDS])
 
 
 # ------------------------------------------------------------------ records
@@ -228,20 +233,20 @@ class _Block:
     """An immutable block of records, one per identity (the best), indexed."""
 
     def __init__(self, table: pa.Table, committed: np.ndarray) -> None:
-        table = table.combine_chunks()  # one take per lookup, not one per file
         hi = table.column("hi").to_numpy()
         ok = table.column("error").is_null().to_numpy(zero_copy_only=False)
-        finished = table.column("finished_at").fill_null(0.0).to_numpy()
-        by_id = pd.Index(hi)
+        finished = np.nan_to_num(table.column("finished_at").to_numpy(), nan=0.0)  # (nulls come as NaN)
+        by_id = pd.Index(hi, copy=False)
         if not by_id.is_unique:
             # Best record first: a success over an error, committed over
             # journaled, later over earlier; then one per identity.
             order = np.lexsort((-finished, ~committed, ~ok))
-            first = ~pd.Index(hi[order]).duplicated(keep="first")
+            first = ~pd.Index(hi[order], copy=False).duplicated(keep="first")
             keep = order[first]
             table, hi, ok, committed, finished = table.take(keep), hi[keep], ok[keep], committed[keep], finished[keep]
-            by_id = pd.Index(hi)
-        self.table = table
+            by_id = pd.Index(hi, copy=False)
+        self.table = table  # one chunk per file read: a run of rows is sliced, not copied
+        self._combined: pa.Table | None = None
         self.hi = hi
         self.lo = table.column("lo").to_numpy()
         self.ok = ok
@@ -253,8 +258,22 @@ class _Block:
     def __len__(self) -> int:
         return len(self.hi)
 
+    @property
+    def combined(self) -> pa.Table:
+        """The records in one chunk, made on the first lookup that takes rows
+        here and there (one take per lookup, not one per file)."""
+        if self._combined is None:
+            self._combined = self.table.combine_chunks()
+        return self._combined
+
     def get(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Position of each identity in this block, -1 where absent."""
+        start = _run_in(self.hi, hi, self.by_id)
+        if start is not None:
+            # The rows in the order they were committed (any layout of an
+            # unshuffled input): one probe, not one per row.
+            pos = np.arange(start, start + len(hi))
+            return np.where(self.lo[start : start + len(hi)] == lo, pos, -1)
         pos = self.by_id.get_indexer(hi)
         hit = pos >= 0
         # A 64-bit half that matches with another lower half is a different row.
@@ -304,15 +323,47 @@ def _gather(blocks: Sequence[_Block], which: np.ndarray, pos: np.ndarray, n: int
     for b, block in enumerate(blocks):
         mine = which == b
         if mine.all():
-            parts.append(block.table.take(pa.array(pos)))  # no nulls: the cheap take
+            n_pos = len(pos)
+            if n_pos and pos[0] >= 0 and pos[-1] - pos[0] == n_pos - 1 and (np.diff(pos) == 1).all():
+                parts.append(block.table.slice(int(pos[0]), n_pos))  # a run of rows: no copy
+            else:
+                parts.append(block.combined.take(pa.array(pos)))  # no nulls: the cheap take
         elif mine.any():
-            parts.append(block.table.take(pa.array(np.where(mine, pos, 0), mask=~mine)))
+            parts.append(block.combined.take(pa.array(np.where(mine, pos, 0), mask=~mine)))
     if not parts:
         return pa.Table.from_pylist([], schema=_ARROW).take(pa.array([None] * n, pa.int64()))
     if len(parts) == 1:
         return parts[0]
     columns = [pc.coalesce(*(p.column(i) for p in parts)) for i in range(len(_ARROW))]
     return pa.Table.from_arrays(columns, schema=_ARROW)
+
+
+#: Where a file holds rows: their positions in the file, and in the rows asked for.
+Placed = tuple[np.ndarray, np.ndarray]
+
+
+def _run_in(values: np.ndarray, wanted: np.ndarray, index: pd.Index | None) -> int | None:
+    """Where ``wanted`` is a run of ``values`` (``values[p:p+len(wanted)]``),
+    found by one probe (``index``, or a scan); ``None`` when it is not one."""
+    n = len(wanted)
+    if not n or n > len(values):
+        return None
+    if index is not None:
+        try:
+            start = index.get_loc(wanted[0])
+        except KeyError:
+            return None
+        if not isinstance(start, (int, np.integer)):
+            return None  # a repeated identity: not a run
+    else:
+        hits = np.flatnonzero(values == wanted[0])
+        if len(hits) != 1:
+            return None
+        start = hits[0]
+    start = int(start)
+    if start + n <= len(values) and np.array_equal(values[start : start + n], wanted):
+        return start
+    return None
 
 
 class _Segment:
@@ -322,30 +373,67 @@ class _Segment:
         arrays = [ids for ids, _ in members.values()]
         self.names = list(members)
         self.owner = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
-        self.index = pd.Index(np.concatenate(arrays) if arrays else np.empty(0, np.uint64))
+        self.starts = np.cumsum([0, *(len(a) for a in arrays)])[:-1]
+        self.hi = np.concatenate(arrays) if arrays else np.empty(0, np.uint64)
+        self._index: pd.Index | None = None
         #: The epochs (runs) of its files.
         self.epochs = {epoch for _, epoch in members.values()}
         self._by_hash: dict[str, tuple[pd.Index, np.ndarray]] = {}
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.hi)
 
-    def locate(self, hi: np.ndarray, known: Mapping[str, object]) -> tuple[dict[str, int], np.ndarray]:
-        """The files holding any of ``hi``, with how many of them each holds
-        (-1: not counted), and which of ``hi`` a file of ``known`` holds."""
+    @property
+    def index(self) -> pd.Index:
+        """Identity -> position, built when first needed (a resume of an
+        unshuffled input finds its rows as one run: see :meth:`locate`)."""
+        if self._index is None:
+            self._index = pd.Index(self.hi, copy=False)
+        return self._index
+
+    def locate(self, hi: np.ndarray, known: Mapping[str, object]) -> tuple[dict[str, Placed | None], np.ndarray]:
+        """The files holding any of ``hi``, each with where (``None``: not
+        told, a row two files hold), and which of ``hi`` a file of ``known`` holds.
+
+        When ``hi`` is one run of the segment's rows (files read in the
+        order they were written, a partition of the input in its order), the
+        run is the answer. A copy of one of these rows in another file
+        (exact duplicates) is then not seen: the partition stands on the
+        run's, and the run's completion takes the other copy away."""
         live = np.array([n in known for n in self.names], dtype=bool)
+        start = _run_in(self.hi, hi, self._index)
+        if start is not None:
+            run = np.arange(start, start + len(hi))
+            return self._placed(run, np.arange(len(hi))), live[self.owner[run]]
         if self.index.is_unique:
             pos = self.index.get_indexer(hi)
-            hit = pos >= 0
-            owners = self.owner[pos[hit]]
+            hit = np.flatnonzero(pos >= 0)
             held = np.zeros(len(hi), dtype=bool)
-            held[hit] = live[owners]
-            which, counts = np.unique(owners, return_counts=True)
-            return {self.names[i]: int(c) for i, c in zip(which, counts, strict=True)}, held
+            held[hit] = live[self.owner[pos[hit]]]
+            return self._placed(pos[hit], hit), held
         # A row in two files (exact duplicates of one run): every position.
         pos, _ = self.index.get_indexer_non_unique(hi)
-        names = {self.names[i]: -1 for i in np.unique(self.owner[pos[pos >= 0]])}
+        names: dict[str, Placed | None] = {self.names[i]: None for i in np.unique(self.owner[pos[pos >= 0]])}
         return names, np.isin(hi, self.index.to_numpy()[live[self.owner]])
+
+    def _placed(self, positions: np.ndarray, rows: np.ndarray) -> dict[str, Placed | None]:
+        """Segment ``positions`` of ``rows``, by file: (positions in the file, rows)."""
+        if not len(positions):
+            return {}
+        owners = self.owner[positions]
+        order = np.argsort(owners, kind="stable")  # (already sorted for a run)
+        owners, positions, rows = owners[order], positions[order], rows[order]
+        which, first = np.unique(owners, return_index=True)
+        ends = [*first[1:], len(owners)]
+        return {
+            self.names[i]: (positions[a:b] - self.starts[i], rows[a:b])
+            for i, a, b in zip(which, first, ends, strict=True)
+        }
+
+    def where(self, hi: int) -> list[tuple[str, int]]:
+        """Each file holding identity ``hi``, with its position there."""
+        hits = np.flatnonzero(self.hi == hi)
+        return [(self.names[self.owner[i]], int(i - self.starts[self.owner[i]])) for i in hits]
 
     def with_hash(self, kind: str, values: np.ndarray, hashes: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
         """Files holding a row whose ``kind`` hash ("content" or "key") is
@@ -398,8 +486,10 @@ class LedgerIndex:
 
     # -- loading ---------------------------------------------------------------
 
-    def refresh(self, journal: str | None = None, run: str = "") -> None:
-        """Read the ledger and member files written since the last refresh.
+    def refresh(self, journal: str | None = None, run: str = "", *, records: bool = True) -> None:
+        """Read the ledger and member files written since the last refresh
+        (``records=False``: the member files only, what a partition that
+        stands on earlier files wholly needs).
 
         Journals: on the first refresh in this process every journal is read
         (rows an earlier, interrupted run paid for); afterwards only
@@ -412,12 +502,14 @@ class LedgerIndex:
         them); during the run, files that vanish are the run's own doing.
         """
         with self._refresh_lock:
-            self._refresh(journal, run)
+            self._refresh(journal, run, records)
 
-    def _refresh(self, journal: str | None, run: str) -> None:
+    def _refresh(self, journal: str | None, run: str, records: bool = True) -> None:
         store = self.store
-        rows = [f"{ROWS_DIR}/{n}" for n in store.list(ROWS_DIR) if n.endswith(LEDGER_SUFFIX)]
-        if not self._journals_listed:
+        rows = [f"{ROWS_DIR}/{n}" for n in store.list(ROWS_DIR) if n.endswith(LEDGER_SUFFIX)] if records else []
+        if not records:
+            chunks = []
+        elif not self._journals_listed:
             chunks = [f"{JOURNAL_DIR}/{p}" for p in store.find(JOURNAL_DIR) if p.endswith(".jsonl")]
         elif journal is not None:
             chunks = [f"{journal}/{n}" for n in store.list(journal) if n.endswith(".jsonl")]
@@ -451,12 +543,15 @@ class LedgerIndex:
             raw = data.get(f"{MEMBERS_DIR}/{name}")
             if raw is not None:
                 member_data[name.removesuffix(LEDGER_SUFFIX)] = read_members(raw)
+        if not records and any("content" not in hashes for _, _, hashes in member_data.values()):
+            # Files of the oldest members format: their request content comes from the ledger.
+            return self._refresh(journal, run, True)
         with self._lock:
             if run and run != self._run:
                 self._run = run
                 for name in [n for n in self._members if f"{n}.parquet" not in visible]:
                     self.forget_members(name)
-            self._journals_listed = True
+            self._journals_listed = self._journals_listed or records
             self._loaded.update(r for r in (*new_rows, *new_chunks) if r in data)
             self._chunk_ids.update(chunk_ids)
             if tables:
@@ -581,7 +676,7 @@ class LedgerIndex:
 
     def journals_holding(self, ids: RowIds) -> list[str]:
         """Journal chunks that hold any of ``ids``."""
-        wanted = pd.Index(ids.hi)
+        wanted = pd.Index(ids.hi, copy=False)
         with self._lock:
             items = list(self._chunk_ids.items())
         return [rel for rel, chunk in items if wanted.get_indexer(chunk).max(initial=-1) >= 0]
@@ -612,18 +707,26 @@ class LedgerIndex:
         counts, outside = self.holding(hi, run)
         return sorted(counts), outside
 
-    def holding(self, hi: np.ndarray, run: str) -> tuple[dict[str, int], np.ndarray]:
-        """:meth:`files_holding`, with how many of ``hi`` each file holds
-        (-1: not counted)."""
+    def holding(self, hi: np.ndarray, run: str) -> tuple[dict[str, Placed | None], np.ndarray]:
+        """:meth:`files_holding`, with where each file holds them: positions
+        in the file and in ``hi`` (``None``: not told)."""
         segments, members, _ = self._other_runs(run)
-        files: dict[str, int] = {}
+        files: dict[str, Placed | None] = {}
         inside = np.zeros(len(hi), dtype=bool)
         for seg in segments:
             names, held = seg.locate(hi, members)
-            for name, count in names.items():
-                files[name] = -1 if name in files or count < 0 else count
+            for name, placed in names.items():
+                files[name] = None if name in files else placed
             inside |= held
         return {name: files[name] for name in self._visible_of(set(files), run)}, ~inside
+
+    def where(self, hi: int, run: str) -> list[tuple[str, int]]:
+        """The visible dataset files of runs other than ``run`` holding
+        identity ``hi``, each with its position there."""
+        segments, _, _ = self._other_runs(run)
+        found = [hit for seg in segments for hit in seg.where(hi)]
+        visible = set(self._visible_of({name for name, _ in found}, run))
+        return [(name, pos) for name, pos in found if name in visible]
 
     def files_with(self, kind: str, values: np.ndarray, run: str) -> list[str]:
         """Visible dataset files of runs other than ``run`` that hold
@@ -671,6 +774,11 @@ class LedgerIndex:
                 name: len(ids) for name, (ids, epoch) in sorted(self._members.items())
                 if epoch != run and f"{name}.parquet" in self._visible
             }  # fmt: skip
+
+    def version_of(self, name: str) -> object:
+        """The version token of a dataset file's members file, as last listed."""
+        with self._lock:
+            return self._member_versions.get(f"{name}{LEDGER_SUFFIX}")
 
     def members_of(self, name: str) -> np.ndarray | None:
         """The identities a visible dataset file holds (``None``: no such file)."""

@@ -64,7 +64,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,7 @@ from ._ledger import (
     table_to_arrow,
 )
 from ._manifest import RunSpec, claim
+from ._standing import decoded, held_as_is
 
 __all__ = ["Checkpoint", "PartitionCheckpoint", "open_checkpoint"]
 
@@ -156,6 +157,8 @@ class Checkpoint:
         partition_info: Mapping[str, Any] | None = None,
         claims: DatasetClaims | None = None,
         part: str | None = None,
+        outputs: Mapping[str, str] | None = None,
+        output_columns: Sequence[str] = (),
     ) -> PartitionCheckpoint:
         """The checkpoint of one partition, about to be enriched.
 
@@ -176,10 +179,19 @@ class Checkpoint:
         part : str, optional
             The partition's label among the claims (default: its number;
             Spark's batches of one partition each have one).
+        outputs : mapping, optional
+            The output column of each stored field, and ``output_columns``
+            every output column: with them, a partition that earlier runs'
+            files hold as it is is found by comparing (:mod:`._standing`).
         """
         number = int((partition_info or {}).get("number") or 0)
+        store = _open(self)
+        if outputs is not None:
+            stood = StoodOn.find(self, store, frame, columns, key, number, claims, part, outputs, output_columns)
+            if stood is not None:
+                return stood
         ids = with_row_hashes(row_ids(frame, columns, key), frame, [*columns, *(key or ())])
-        return PartitionCheckpoint(self, _open(self), ids, number, share_content, claims, part)
+        return PartitionCheckpoint(self, store, ids, number, share_content, claims, part)
 
 
 def _open(ckpt: Checkpoint) -> Store:
@@ -325,7 +337,7 @@ class PartitionCheckpoint:
         if total <= 0 or not self._claims.done(self.number, total):
             return
         try:
-            self.index.refresh(run=self.ckpt.epoch)
+            self.index.refresh(run=self.ckpt.epoch, records=False)
             for name, size in self.index.files_of_other_runs(self.ckpt.epoch).items():
                 self._close(name, size, unless_kept=True)
         except CheckpointError:
@@ -347,8 +359,8 @@ class PartitionCheckpoint:
         n = len(ids)
         matched = self.found.matched
         shared = matched[(matched != 0) & (matched != ids.hi)]
-        counts, outside = index.holding(np.concatenate([ids.hi, shared]), run=epoch)
-        holding = sorted(counts)
+        placed, outside = index.holding(np.concatenate([ids.hi, shared]), run=epoch)
+        holding = sorted(placed)
         inside = np.zeros(n, dtype=bool)
         stale: set[str] = set()
         # Rows no earlier file holds under their identity may be there under
@@ -359,13 +371,20 @@ class PartitionCheckpoint:
         if outside.any():
             for kind in ("content", "key"):
                 stale.update(index.files_with(kind, np.unique(getattr(ids, kind)[outside]), run=epoch))
-        mine = functools.cache(lambda: pd.Index(ids.hi))  # (unique: occurrences tell repeats apart)
+        mine = functools.cache(lambda: pd.Index(ids.hi, copy=False))  # (unique: occurrences tell repeats apart)
         others = pd.Index(shared) if len(shared) else None
         for name in holding:
             members = index.members_of(name)
             if members is None:
                 continue  # closed meanwhile
-            at, rows = _overlap(members, ids.hi, counts[name] if not len(shared) else -1, mine)
+            where = placed[name]
+            if where is not None:
+                at, rows = where
+                at, rows = at[rows < n], rows[rows < n]  # (the others are rows these share answers with)
+            else:
+                pos = mine().get_indexer(members)
+                at = np.flatnonzero(pos >= 0)
+                rows = pos[at]
             current = self.restored[rows] & self._as_they_are(name, at, rows)
             if name in stale or not current.all() or (others is not None and (others.get_indexer(members) >= 0).any()):
                 stale.add(name)  # this partition writes its rows of it
@@ -428,25 +447,59 @@ class PartitionCheckpoint:
         self.index.forget_members(name, run=run)
 
 
-def _overlap(
-    members: np.ndarray, hi: np.ndarray, count: int, mine: Callable[[], pd.Index]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where a file's rows (``members``) are rows of the partition (``hi``,
-    indexed by ``mine()``), of which it holds ``count`` (-1: not known): the
-    positions in the file and in the partition. A file and a partition of
-    an input in the same order overlap in one run of rows, found without a
-    hash table (the resume of any layout of an unshuffled input)."""
-    if count > 0:
-        for long, short, flip in ((members, hi, False), (hi, members, True)):
-            start = np.flatnonzero(long == short[0])
-            if len(start) == 1:
-                k = min(len(long) - int(start[0]), len(short))
-                if k == count and np.array_equal(long[start[0] : start[0] + k], short[:k]):
-                    run, head = np.arange(start[0], start[0] + k), np.arange(k)
-                    return (head, run) if flip else (run, head)
-    pos = mine().get_indexer(members)
-    at = np.flatnonzero(pos >= 0)
-    return at, pos[at]
+class StoodOn(PartitionCheckpoint):
+    """A partition that earlier runs' files hold as it is, every row, which
+    it stands on: nothing to call or write (see :mod:`._standing`)."""
+
+    def __init__(
+        self, ckpt: Checkpoint, store: Store, index: LedgerIndex, number: int, claims: DatasetClaims,
+        part: str, records: pd.DataFrame,
+    ) -> None:  # fmt: skip
+        self.ckpt, self.store, self.index, self.number, self._claims, self.part = (
+            ckpt, store, index, number, claims, part,
+        )  # fmt: skip
+        self._records = records
+        self.todo = []
+        self.restored = np.ones(len(records), dtype=bool)
+        self.key = ""
+        self.__dict__["complete"] = True  # (the cached property, known)
+
+    @classmethod
+    def find(
+        cls, ckpt: Checkpoint, store: Store, frame: pd.DataFrame, columns: Sequence[str],
+        key: Sequence[str] | None, number: int, claims: DatasetClaims | None, part: str | None,
+        outputs: Mapping[str, str], output_columns: Sequence[str],
+    ) -> StoodOn | None:  # fmt: skip
+        """The partition, if earlier files hold it all as it is and the run
+        lets it stand on every row of them; else ``None``."""
+        index = index_for(store, ckpt.manifest_id)
+        claims = claims if claims is not None else DatasetClaims(ckpt.epoch)
+        label = part if part is not None else str(number)
+        try:
+            index.refresh(run=ckpt.epoch, records=False)
+            held = held_as_is(frame, columns, key, index, ckpt.epoch,
+                              lambda name: decoded.read(store, name, index.version_of(name)),
+                              outputs, output_columns)  # fmt: skip
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise CheckpointError(f"cannot read checkpoint {store.url}: {exc}") from exc
+        if held is None:
+            return None
+        pieces, records = held
+        if ckpt.retry_errors and records["error"].notna().any():
+            return None
+        for piece in pieces:
+            whole = piece.rows == piece.size
+            at = None if whole else np.arange(piece.start, piece.start + piece.rows)
+            if not claims.keep(piece.name, label, piece.size, at).all():
+                return None  # (a copy another partition stands on: the usual path writes its own)
+        return cls(ckpt, store, index, number, claims, label, records)
+
+    @property
+    def records(self) -> pd.DataFrame:
+        return self._records
+
+    def restored_by_run(self) -> tuple[int, int, int]:
+        return len(self._records), 0, 0  # earlier runs' files: answered by earlier runs
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

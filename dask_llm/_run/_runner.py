@@ -120,7 +120,8 @@ def enrich_batch(
             return _enrich(frame, job, coordinator, None, limiter, label, handle)
         claims = claims_of(coordinator, ckpt.epoch)
         saved = ckpt.partition(frame, job.prompt.columns, key=job.key, share_content=job.dedup,
-                               partition_info={"number": number}, claims=claims, part=label)  # fmt: skip
+                               partition_info={"number": number}, claims=claims, part=label,
+                               outputs=job.outputs.by_field, output_columns=list(job.outputs.dtypes))  # fmt: skip
         if not saved.todo:
             return _enrich(frame, job, coordinator, saved, limiter, label, handle)
         if _wait_for_lease(coordinator, saved.key, handle):
