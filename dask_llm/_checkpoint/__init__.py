@@ -10,6 +10,8 @@ this list, plus :mod:`dask_llm._errors`):
 - ``_manifest``: which run a checkpoint holds, claimed atomically;
 - ``_claims``: the run's claims on earlier runs' dataset files, which its
   coordinator answers (default: this process's);
+- ``_standing``: a partition that earlier files hold as it is, found by
+  comparing its rows with theirs (no row hashes, no ledger);
 - ``_partition``: one partition's resume and commit, and ``open_checkpoint``.
 
 Nothing here knows about dask, the runner or the model: the runner hands a

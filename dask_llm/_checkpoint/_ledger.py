@@ -498,8 +498,8 @@ class LedgerIndex:
         partitions running elsewhere hold none of this partition's rows.
 
         ``run``: the epoch of the run asking. A run's first refresh in this
-        process forgets the files that are gone (an earlier run superseded
-        them); during the run, files that vanish are the run's own doing.
+        process forgets the files that are gone (an earlier run took them
+        away); during the run, files that vanish are the run's own doing.
         """
         with self._refresh_lock:
             self._refresh(journal, run, records)
@@ -633,7 +633,7 @@ class LedgerIndex:
             self._visible.add(f"{name}.parquet")
 
     def forget_members(self, name: str, run: str = "") -> None:
-        """A dataset file is gone; ``run``: superseded by that run (its rows
+        """A dataset file is gone; ``run``: closed by that run (its rows
         are still "in the dataset" for that run: see :meth:`files_holding`)."""
         with self._lock:
             if not run:
@@ -702,10 +702,10 @@ class LedgerIndex:
     def files_holding(self, hi: np.ndarray, run: str) -> tuple[list[str], np.ndarray]:
         """Visible dataset files of runs other than ``run`` that hold any of
         the identities ``hi`` (sorted), and which of ``hi`` no such
-        file held when this run first looked (files it superseded since
+        file held when this run first looked (files it closed since
         still count: their rows are being rewritten, not lost)."""
-        counts, outside = self.holding(hi, run)
-        return sorted(counts), outside
+        placed, outside = self.holding(hi, run)
+        return sorted(placed), outside
 
     def holding(self, hi: np.ndarray, run: str) -> tuple[dict[str, Placed | None], np.ndarray]:
         """:meth:`files_holding`, with where each file holds them: positions

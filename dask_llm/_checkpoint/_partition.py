@@ -17,9 +17,12 @@ Readers skip ``_`` and ``.`` names, so ``dd.read_parquet(url)`` and
 *Paid* is a property of a row (:mod:`._identity`), recorded in the ledger
 (:mod:`._ledger`); the dataset is a property of a run. A partition:
 
-1. computes its rows' identities and looks them up in this process's ledger
-   index: rows found are restored, the others are called (journaling them
-   continuously);
+0. if earlier runs' files hold it as it is, every row (the resume of any
+   layout of an unchanged input), stands on them and is done: found by
+   comparing its rows with theirs (:mod:`._standing`, :class:`StoodOn`);
+1. otherwise computes its rows' identities and looks them up in this
+   process's ledger index: rows found are restored, the others are called
+   (journaling them continuously);
 2. *stands on* the rows that earlier runs' dataset files hold as they
    are (restored as answered, every column as it is now: the members'
    whole-row hashes), through the run's claims (:mod:`._claims`): a row is
