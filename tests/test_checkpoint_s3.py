@@ -70,6 +70,26 @@ def test_worker_processes_commit_to_s3_and_a_rerun_is_free(
     assert names[0] == "_dask_llm" and len(names) == 5  # 4 parts, no temporaries
 
 
+def test_a_read_after_a_resume_sees_every_file_there(process_cluster: Any, sim: Simulator, s3: dict[str, Any]) -> None:
+    """s3fs caches directory listings per process, in the filesystem instance
+    the user's own reads share: a listing left by the run goes stale as other
+    processes write. A resume under another partitioning (which writes and
+    takes files away), then a file put there by someone else, and a read of
+    the checkpoint on the cluster must see every file: none missed by the
+    driver's listing, none refused by a worker's."""
+    url = run_url()
+    enrich(dd.from_pandas(frame(80), npartitions=4), sim, url, s3).compute()
+    out = enrich(dd.from_pandas(frame(100), npartitions=3), sim, url, s3).compute()
+    assert sim.stats()["success_by_prompt"] == {f"Say: row {i}": 1 for i in range(100)}
+    other = s3fs.S3FileSystem(**s3, skip_instance_cache=True)  # another process, in effect
+    extra = out.iloc[:5].set_axis(range(1000, 1005))
+    with other.open(f"{url}part-99999-extra.parquet", "wb") as f:
+        extra.to_parquet(f)
+    for _ in range(3):  # every worker opens files, each with its own cache
+        back = dd.read_parquet(url, storage_options=s3).compute()
+        assert sorted(back.index) == [*range(100), *range(1000, 1005)]
+
+
 def test_rows_journaled_on_s3_survive_a_failed_run(start_sim: Callable[..., Simulator], s3: dict[str, Any]) -> None:
     url = run_url()
     ddf = dd.from_pandas(frame(150), npartitions=1)

@@ -22,7 +22,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -54,6 +54,24 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> St
     """
     fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     return Store(fs, root)
+
+
+@contextlib.contextmanager
+def _fresh_listing(fs: AbstractFileSystem, where: str) -> Iterator[None]:
+    """List ``where`` from storage, and leave no listing of it cached.
+
+    s3fs (like other object-store filesystems) caches directory listings
+    per process, in the instance fsspec hands to everyone with the same
+    options: the user's own reads of the checkpoint included. Other
+    processes write and delete files here, so a listing kept after the call
+    goes stale: a later ``dd.read_parquet`` in that process would miss a
+    file, or refuse to open one its listing lacks.
+    """
+    fs.invalidate_cache(where)
+    try:
+        yield
+    finally:
+        fs.invalidate_cache(where)
 
 
 class Store:
@@ -178,12 +196,11 @@ class Store:
         """A directory's entries by name (fsspec's detail dicts, or their
         paths), without dot-prefixed temporary files."""
         where = self.path(rel)
-        # s3fs caches listings per process; another process may have written since.
-        self.fs.invalidate_cache(where)
-        try:
-            entries = self.fs.ls(where, detail=detail)
-        except FileNotFoundError:
-            return {}
+        with _fresh_listing(self.fs, where):
+            try:
+                entries = self.fs.ls(where, detail=detail)
+            except FileNotFoundError:
+                return {}
         out = {}
         for entry in entries:
             name = str(entry["name"] if detail else entry).rstrip("/").rpartition("/")[2]
@@ -195,11 +212,11 @@ class Store:
         """Every file under a directory, recursively, as paths relative to
         it, without dot-prefixed temporary files; empty when it does not exist."""
         where = self.path(rel)
-        self.fs.invalidate_cache(where)
-        try:
-            found = self.fs.find(where)
-        except FileNotFoundError:
-            return []
+        with _fresh_listing(self.fs, where):
+            try:
+                found = self.fs.find(where)
+            except FileNotFoundError:
+                return []
         prefix = self.fs._strip_protocol(where).rstrip("/") + "/"
         out = []
         for path in found:

@@ -327,6 +327,7 @@ class Output:
         """Join the parts of a single-file output into OUTPUT, in order."""
         if not self.single_file:
             return
+        self._fs.invalidate_cache(self._parts_root)  # the workers wrote there: a cached listing is stale
         names = sorted(
             n for n in self._fs.ls(self._parts_root, detail=False) if posixpath.basename(n).startswith("part-")
         )
