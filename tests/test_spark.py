@@ -141,6 +141,27 @@ def test_checkpoint_resumes_under_other_partitions(spark: Any, sim: Simulator, t
     assert len(back) == 100 and back["id"].is_unique
 
 
+def test_an_edited_row_replaces_its_earlier_answer_in_the_checkpoint(
+    spark: Any, sim: Simulator, tmp_path: Path
+) -> None:
+    """An edited row is called again and its earlier answer leaves the
+    checkpoint, as on Dask; rows that left the input stay there (no Spark run
+    counts as complete, README "Spark"), but never in the result."""
+    ckpt = str(tmp_path / "ckpt")
+    dask_llm.enrich(frame(spark, 100, 4), "Say: {text}", "ans", "m", endpoint=endpoint_for(sim),
+                    checkpoint=ckpt).count()  # fmt: skip
+    paid = sim.stats()["successes"]
+    rows = [(i, "edited" if i == 5 else f"row {i}") for i in range(90)]
+    edited = spark.createDataFrame(rows, "id long, text string").repartition(3)
+    out = dask_llm.enrich(edited, "Say: {text}", "ans", "m", endpoint=endpoint_for(sim), checkpoint=ckpt).collect()
+    assert sim.stats()["successes"] == paid + 1, "only the edited row is called"
+    assert sorted(r.id for r in out) == list(range(90))
+    assert {r.id: r.ans for r in out}[5] == "Say: edited"
+    back = pq.read_table(ckpt).to_pandas()
+    assert back["id"].is_unique and set(range(90)) <= set(back["id"])
+    assert back.set_index("id").loc[5, "ans"] == "Say: edited"
+
+
 def test_two_actions_over_the_same_rows_pay_once(
     spark: Any, start_sim: Callable[..., Simulator], tmp_path: Path
 ) -> None:
