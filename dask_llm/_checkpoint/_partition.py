@@ -257,6 +257,10 @@ class PartitionCheckpoint:
         """The stored fields of each row (null where it is to be called)."""
         return self.found.records
 
+    #: The output columns as the dataset files hold them, when every row
+    #: comes from them (:class:`StoodOn`); ``None``: made from :attr:`records`.
+    stored_outputs: pa.Table | None = None
+
     def restored_by_run(self) -> tuple[int, int, int]:
         """The restored rows as progress counts them: from earlier runs, and
         from earlier attempts of this run (a restarted task), with how many
@@ -456,12 +460,13 @@ class StoodOn(PartitionCheckpoint):
 
     def __init__(
         self, ckpt: Checkpoint, store: Store, index: LedgerIndex, number: int, claims: DatasetClaims,
-        part: str, records: pd.DataFrame,
+        part: str, records: pd.DataFrame, outputs: pa.Table,
     ) -> None:  # fmt: skip
         self.ckpt, self.store, self.index, self.number, self._claims, self.part = (
             ckpt, store, index, number, claims, part,
         )  # fmt: skip
         self._records = records
+        self.stored_outputs = outputs
         self.todo = []
         self.restored = np.ones(len(records), dtype=bool)
         self.key = ""
@@ -482,12 +487,13 @@ class StoodOn(PartitionCheckpoint):
             index.refresh(run=ckpt.epoch, records=False)
             held = held_as_is(frame, columns, key, index, ckpt.epoch,
                               lambda name: decoded.read(store, name, index.version_of(name)),
-                              outputs, output_columns)  # fmt: skip
+                              outputs, output_columns,
+                              lambda name, rows: decoded.used(store, name, index.version_of(name), rows))  # fmt: skip
         except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             raise CheckpointError(f"cannot read checkpoint {store.url}: {exc}") from exc
         if held is None:
             return None
-        pieces, records = held
+        pieces, records, stored = held
         if ckpt.retry_errors and records["error"].notna().any():
             return None
         for piece in pieces:
@@ -495,7 +501,7 @@ class StoodOn(PartitionCheckpoint):
             at = None if whole else np.arange(piece.start, piece.start + piece.rows)
             if not claims.keep(piece.name, label, piece.size, at).all():
                 return None  # (a copy another partition stands on: the usual path writes its own)
-        return cls(ckpt, store, index, number, claims, label, records)
+        return cls(ckpt, store, index, number, claims, label, records, stored)
 
     @property
     def records(self) -> pd.DataFrame:

@@ -11,7 +11,9 @@ next file from the first row not yet matched, and so on. When every row
 matches, the outputs are the files' own output columns. Anything else (a
 shuffled order, an edited row, a NaN, another dtype) is simply not a match,
 and the partition takes the path of :mod:`._partition` (hash, look up,
-stand on what matches, write the rest).
+stand on what matches, write the rest). The typed columns of ``output=``
+come from the files too: parsing every answer again would cost more than
+the whole resume.
 
 Decoding a file is shared by the partitions that read it in this process
 (most files hold rows of two partitions of the new layout).
@@ -54,10 +56,12 @@ def held_as_is(
     read: Callable[[str], pa.Table | None],
     outputs: Mapping[str, str],
     output_columns: Sequence[str],
-) -> tuple[list[Piece], pd.DataFrame] | None:
-    """The runs of earlier files' rows that hold ``frame`` as it is, and
-    the stored fields of its rows (as a ledger lookup gives them); ``None``
-    when they do not hold it all.
+    used: Callable[[str, int], None] = lambda name, rows: None,
+) -> tuple[list[Piece], pd.DataFrame, pa.Table] | None:
+    """The runs of earlier files' rows that hold ``frame`` as it is, the
+    stored fields of its rows (as a ledger lookup gives them), and its
+    output columns as the files hold them; ``None`` when they do not hold
+    it all.
 
     Parameters
     ----------
@@ -71,6 +75,8 @@ def held_as_is(
         The run's epoch: files of other runs only.
     read : callable
         A dataset file's rows, by name (``None``: gone).
+    used : callable
+        Told how many rows of a file read the partition stands on.
     outputs : mapping
         The output column of each stored field (``OutputColumns.by_field``).
     output_columns : sequence of str
@@ -106,12 +112,14 @@ def held_as_is(
         if not got.select(want.column_names).equals(want.slice(done, rows)):
             return None
         pieces.append(Piece(name, table.num_rows, start, rows))
-        stored.append(got.select(list(outputs.values())))
+        stored.append(got.select(list(output_columns)))
         done += rows
+    for piece in pieces:
+        used(piece.name, piece.rows)
     values = pa.concat_tables(stored)
     fields = {name: values.column(column) for name, column in outputs.items()}
     table = pa.table({name: fields.get(name, pa.nulls(n)) for name in FIELDS})
-    return pieces, to_pandas(table.cast(FIELD_SCHEMA))
+    return pieces, to_pandas(table.cast(FIELD_SCHEMA)), values
 
 
 def _next_file(index: LedgerIndex, order: list[str], last: str, hi: int) -> list[tuple[str, int]]:
@@ -123,13 +131,20 @@ def _next_file(index: LedgerIndex, order: list[str], last: str, hi: int) -> list
 
 
 class DecodedFiles:
-    """Dataset files decoded in this process, the latest first out when they
-    add up to more than ``budget`` bytes (files are never rewritten under a
-    name, so a name and its members' version identify the rows)."""
+    """Dataset files decoded in this process (files are never rewritten under
+    a name, so a name and its members' version identify the rows).
 
-    def __init__(self, budget: int = 64 << 20) -> None:
+    A file leaves once partitions have stood on all its rows: the file a
+    boundary cuts stays for the partition on its other side, in whichever
+    order the two run, while whole files go at once. Beyond ``budget``
+    bytes the oldest go first (a shuffled partition, which stands on none,
+    leaves the files it read to that).
+    """
+
+    def __init__(self, budget: int = 256 << 20) -> None:
         self.budget = budget
         self._tables: OrderedDict[tuple[str, str, object], pa.Table] = OrderedDict()
+        self._used: dict[tuple[str, str, object], int] = {}  # rows stood on, by file
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -138,7 +153,6 @@ class DecodedFiles:
         with self._lock:
             table = self._tables.get(key)
             if table is not None:
-                self._tables.move_to_end(key)
                 return table
         data = store.read(f"{name}.parquet")
         if data is None:
@@ -149,12 +163,32 @@ class DecodedFiles:
                 self._tables[key] = table
                 self._bytes += table.nbytes
             while len(self._tables) > 1 and self._bytes > self.budget:
-                self._bytes -= self._tables.popitem(last=False)[1].nbytes
+                # Files no partition has stood on yet go before those one is
+                # halfway through (the other side of a boundary awaits them).
+                unused = (k for k in self._tables if k != key and not self._used.get(k))
+                self._drop(next(unused, next(iter(self._tables))))
         return table
+
+    def used(self, store: Store, name: str, version: object, rows: int) -> None:
+        """A partition stands on ``rows`` rows of the file: once all of them
+        are stood on, no other partition of the run needs it decoded."""
+        key = (store.url, name, version)
+        with self._lock:
+            table = self._tables.get(key)
+            if table is None:
+                return
+            self._used[key] = self._used.get(key, 0) + rows
+            if self._used[key] >= table.num_rows:
+                self._drop(key)
+
+    def _drop(self, key: tuple[str, str, object]) -> None:
+        self._bytes -= self._tables.pop(key).nbytes
+        self._used.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
             self._tables.clear()
+            self._used.clear()
             self._bytes = 0
 
 

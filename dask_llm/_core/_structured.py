@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .._errors import ConfigError
 
@@ -129,6 +130,29 @@ class StructuredOutput:
             for name, dtype in self.columns:
                 values[name].append(_cell(fields.get(name), dtype))
         return pd.DataFrame({name: pd.array(values[name], dtype=dtype) for name, dtype in self.columns}, index=index)
+
+    def from_arrow(self, table: pa.Table, index: pd.Index) -> pd.DataFrame | None:
+        """The typed columns as ``table`` holds them (a checkpoint's dataset
+        files, written from :meth:`to_columns`), without parsing anything;
+        ``None`` when a column is missing or does not convert."""
+        try:
+            columns = {name: _from_arrow(table.column(name), dtype) for name, dtype in self.columns}
+        except (KeyError, TypeError, ValueError, pa.ArrowException):
+            return None
+        return pd.DataFrame(columns, index=index)
+
+
+def _from_arrow(values: pa.ChunkedArray, dtype: Any) -> Any:
+    dtype = pd.api.types.pandas_dtype(dtype)
+    if isinstance(dtype, pd.CategoricalDtype):
+        # Stored as a dictionary column, whose own categories are those the
+        # file saw: each value's position among the dtype's categories.
+        categories = pa.array(dtype.categories.astype(str).tolist(), type=pa.string())
+        codes = pc.index_in(values.cast(pa.string()), value_set=categories).fill_null(-1)
+        return pd.Categorical.from_codes(codes.to_numpy(), dtype=dtype)
+    if isinstance(dtype, pd.ArrowDtype):
+        values = values.cast(dtype.pyarrow_dtype)
+    return dtype.__from_arrow__(values)
 
 
 def structured_output(output: Any) -> StructuredOutput:

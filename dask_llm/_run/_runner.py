@@ -172,7 +172,7 @@ def _enrich(
                                 resumed=(resumed, resumed_errors))  # fmt: skip
     if saved is not None and saved.complete:
         with report:
-            result = _result(frame, job.outputs, saved.records)
+            result = _result(frame, job.outputs, saved.records, saved.stored_outputs)
         saved.finish()
         return result
 
@@ -251,8 +251,12 @@ def _fields(restored: pd.DataFrame | None, outcomes: Mapping[int, Outcome], n: i
 _NULLABLE = {"string": "string", "Int64": "Int64", "int64": "Int64", "float64": "Float64"}
 
 
-def _result(frame: pd.DataFrame, cols: OutputColumns, fields: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the output columns made from ``fields``, fixed dtypes."""
+def _result(
+    frame: pd.DataFrame, cols: OutputColumns, fields: pd.DataFrame, stored: pa.Table | None = None
+) -> pd.DataFrame:
+    """``frame`` with the output columns made from ``fields``, fixed dtypes
+    (the typed columns of ``output=`` from ``stored``, the output columns
+    as a checkpoint's dataset files hold them, when given)."""
     out = {}
     for name, column in cols.by_field.items():
         values = fields[name]
@@ -262,10 +266,13 @@ def _result(frame: pd.DataFrame, cols: OutputColumns, fields: pd.DataFrame) -> p
         out[column] = pd.array(values, dtype=dtype)
     outputs = pd.DataFrame(out, index=frame.index)
     if cols.structured is not None:
-        # Typed columns are parsed from the raw answer of each successful row.
-        ok = fields["error"].isna().to_numpy()
-        texts = [t if good else None for t, good in zip(fields["text"].tolist(), ok, strict=False)]
-        outputs = pd.concat([outputs, cols.structured.to_columns(texts, frame.index)], axis=1)
+        typed = cols.structured.from_arrow(stored, frame.index) if stored is not None else None
+        if typed is None:
+            # Typed columns are parsed from the raw answer of each successful row.
+            ok = fields["error"].isna().to_numpy()
+            texts = [t if good else None for t, good in zip(fields["text"].tolist(), ok, strict=False)]
+            typed = cols.structured.to_columns(texts, frame.index)
+        outputs = pd.concat([outputs, typed], axis=1)
     return pd.concat([frame, outputs], axis=1)
 
 
