@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -292,6 +293,38 @@ def test_enrich_through_the_proxy(upstream: tuple[LiteLLMProxy, Simulator, Simul
     out = dask_llm.enrich(df, "Say: {text}", "ans", "echo", endpoint=endpoint, threads=8)
     assert (out["ans"] == "Say: " + out["text"]).all() and out["ans_error"].isna().all()
     assert (out["ans_prompt_tokens"] > 0).all()  # the upstream's usage, passed on
+
+
+def test_a_checkpointed_run_through_the_proxy_resumes_under_other_partitions(
+    upstream: tuple[LiteLLMProxy, Simulator, Simulator], tmp_path: Path
+) -> None:
+    """A run through a server we did not write stops after one partition; the
+    rerun, under another partitioning, calls only the rows not answered, and
+    the checkpoint reads back as each row once."""
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    import dask_llm
+
+    proxy, sim, _ = upstream
+    df = pd.DataFrame({"text": [f"resume {i}" for i in range(60)]})
+    endpoint = dask_llm.Endpoint(base_url=proxy.base_url, api_key=proxy.master_key)
+    ckpt = str(tmp_path / "ckpt")
+
+    def enrich(parts: int) -> Any:
+        return dask_llm.enrich(dd.from_pandas(df, npartitions=parts), "Say: {text}", "ans", "echo",
+                               endpoint=endpoint, threads=8, checkpoint=ckpt)  # fmt: skip
+
+    before = sim.stats()["successes"]
+    with dask.config.set(scheduler="sync"):
+        enrich(4).partitions[1].compute()  # a quarter of the rows, then the run stops
+        assert sim.stats()["successes"] - before == 15
+        out = enrich(3).compute()
+    assert sim.stats()["successes"] - before == 60, "the 15 answered rows are not called again"
+    assert (out["ans"] == "Say: " + out["text"]).all() and out["ans_error"].isna().all()
+    back = dd.read_parquet(ckpt).compute()
+    assert sorted(back["text"]) == sorted(df["text"]) and back.index.is_unique
 
 
 def test_enrich_against_an_rpm_limited_model_loses_no_row(limited_proxy: LiteLLMProxy) -> None:
