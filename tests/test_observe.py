@@ -189,6 +189,24 @@ def test_a_restarted_worker_leaves_every_row_counted_once(process_cluster: Any, 
     assert stats["requests"] - (in_flight + 2 * per_second) <= calls <= stats["requests"]
 
 
+def test_calls_in_flight_show_before_any_row_finishes(process_cluster: Any) -> None:
+    """The gauge goes with the counts, which come as rows finish: calls that
+    take long (a 4 s answer) are in flight on the page while they run, not
+    from when the first of them comes back."""
+    with Simulator.subprocess(SimulatorConfig(latency=4.0, api_key="k")) as sim:
+        base = dashboard(process_cluster)
+        before = jobs(base)
+        out = enrich(dd.from_pandas(tickets(16), npartitions=2), sim, threads=8)
+        run = new_run(base, before)
+        future = process_cluster.compute(out)
+        wait_for(lambda: sim.stats()["in_flight"] >= 8, 20, "calls at the simulator")
+        shown = wait_for(lambda: next(j for j in jobs(base) if j["run"] == run)["in_flight"], 2, "calls in flight")
+        answered = sim.stats()["successes"]
+        future.result(timeout=60)
+    assert answered == 0, "shown before any row finished"
+    assert 8 <= shown <= 16
+
+
 def test_the_page_shows_a_running_job_its_budget_and_spend_in_chromium(process_cluster: Any) -> None:
     with Simulator.subprocess(SimulatorConfig(latency=0.3, api_key="k")) as sim:
         budget, cap = Budget(rpm=3000, name="page-budget"), SpendCap(max_cost=1.0, name="page-cap")

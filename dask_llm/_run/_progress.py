@@ -104,6 +104,12 @@ def calling(topic: str | None) -> Iterator[None]:
         return
     with _in_flight_lock:
         _in_flight[topic] += 1
+    # The gauge goes with the counts, which come when rows finish: calls
+    # that have just started would not show for a whole call's latency.
+    with _registry_lock:
+        publishers = [pub for (t, _), pub in _publishers.items() if t == topic]
+    for pub in publishers:
+        pub.add({})  # (sent within one interval, like any count)
     try:
         yield
     finally:
@@ -192,6 +198,7 @@ class _Publisher:
         self._lock = threading.Lock()
         self._last = 0.0
         self._timer: threading.Timer | None = None
+        self._sent_in_flight = 0
 
     def add(self, counts: Mapping[str, int], part: tuple[str, str] | None = None, size: int | None = None) -> None:
         """Add increments; the per-row ones (``rows``, ``restored``,
@@ -230,9 +237,12 @@ class _Publisher:
                 self._changed.clear()
             self._last = time.monotonic()
             self._timer = None
-        if batch:
             # A gauge, not a count: the calls of this run in flight in this process now.
-            batch["in_flight"] = {_PROCESS: _in_flight[self.channel.topic]}
+            in_flight = _in_flight[self.channel.topic]
+            changed = in_flight != self._sent_in_flight
+            self._sent_in_flight = in_flight
+        if batch or changed:
+            batch["in_flight"] = {_PROCESS: in_flight}
             try:
                 self._send(batch)
             except Exception:  # progress must never fail a paid row
