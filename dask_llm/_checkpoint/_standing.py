@@ -56,7 +56,7 @@ def held_as_is(
     read: Callable[[str], pa.Table | None],
     outputs: Mapping[str, str],
     output_columns: Sequence[str],
-    used: Callable[[str, int], None] = lambda name, rows: None,
+    used: Callable[[str, int], None],
 ) -> tuple[list[Piece], pd.DataFrame, pa.Table] | None:
     """The runs of earlier files' rows that hold ``frame`` as it is, the
     stored fields of its rows (as a ledger lookup gives them), and its

@@ -28,7 +28,6 @@ lazy ``enrich()`` result separately would compute it again).
 
 from __future__ import annotations
 
-import posixpath
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -327,15 +326,14 @@ class Output:
         """Join the parts of a single-file output into OUTPUT, in order."""
         if not self.single_file:
             return
-        self._fs.invalidate_cache(self._parts_root)  # the workers wrote there: a cached listing is stale
-        names = sorted(
-            n for n in self._fs.ls(self._parts_root, detail=False) if posixpath.basename(n).startswith("part-")
-        )
+        # The workers wrote the parts: the Store lists them afresh (and leaves no stale listing cached).
+        parts = open_store(self.parts_url, self.storage_options)
+        names = [n for n in parts.list() if n.startswith("part-")]
         with self._fs.open(self._root, "wb", compression=_compression(self.path)) as target:
             if self.format == "csv":
                 target.write(pd.DataFrame(columns=columns).to_csv(index=False).encode())
             for name in names:
-                with self._fs.open(name, "rb") as part:
+                with parts.fs.open(parts.path(name), "rb") as part:
                     while chunk := part.read(1 << 22):
                         target.write(chunk)
         self.abort()
